@@ -1,0 +1,1 @@
+"""ontolab stage: experiments."""
