@@ -42,6 +42,9 @@ class Concept:
     """Largest value a ``scalar`` concept takes."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "low", float(self.low))
+        object.__setattr__(self, "high", float(self.high))
+        object.__setattr__(self, "classes", tuple(self.classes))
         if not self.name.isidentifier():
             raise ValueError(f"concept name must be an identifier, got {self.name!r}")
         if self.kind not in KINDS:

@@ -83,7 +83,4 @@ def _load_builtin() -> None:
     """Import the built-in worlds so that they register (kept lazy to avoid import cycles)."""
     import worlds.lavakeydoor  # noqa: F401
     import worlds.pointmass  # noqa: F401
-    try:
-        import worlds.minigrid_adapter  # noqa: F401  (needs the `minigrid` extra)
-    except ImportError:
-        pass
+    import worlds.minigrid_adapter  # noqa: F401  (imports minigrid only when such a world is built)

@@ -1,0 +1,175 @@
+"""Open-loop evaluation: how well does a model predict observations from actions alone?
+
+For every window ``obs[b T ...]`` (one episode segment, ``T >= context + max(horizons)``): filter the
+first ``context`` steps with ``observe``, take the last posterior state, ``imagine`` the next
+``max(horizons)`` steps with the *true* actions, ``decode`` them, and compare the prediction ``k`` steps
+ahead with the true observation at step ``context - 1 + k``.
+
+Metrics (``metric``): symbolic observations -> per-cell accuracy (argmax over channels equals the true
+channel); image and vector observations -> mean squared error (images on [0, 1]). Every metric is also
+computed for the "copy the last observed frame" baseline, and restricted to the cells (pixels,
+components) that *changed* since the last observed frame -- there copying is always wrong, so this is
+where a model shows that it learned dynamics. For symbolic observations, ``model_unseen`` is the
+accuracy on cells whose true value never appeared at that position in any context frame.
+
+Estimates pool cells over windows; their 95% intervals come from a percentile bootstrap over windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dynamics.base import DynamicsModel, LatentState
+from worlds.trajectory import Episode
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A pooled estimate with a 95% bootstrap interval over windows (``nan`` when nothing was counted)."""
+
+    estimate: float
+    lower: float
+    upper: float
+    count: int
+    """Number of cells (or elements) pooled."""
+
+    def __str__(self) -> str:
+        return f"{self.estimate:.4f} [{self.lower:.4f}, {self.upper:.4f}] (n={self.count})"
+
+
+@dataclass(frozen=True)
+class OpenLoopReport:
+    """Open-loop prediction quality by horizon ``k`` (steps after the last observed frame)."""
+
+    metric: str
+    """``"accuracy"`` (symbolic: higher is better) or ``"mse"`` (image, vector: lower is better)."""
+    context: int
+    horizons: tuple[int, ...]
+    num_windows: int
+    model: Mapping[int, Estimate]
+    copy: Mapping[int, Estimate]
+    """The "copy the last observed frame" baseline."""
+    model_changed: Mapping[int, Estimate]
+    """The model on cells that differ from the last observed frame."""
+    copy_changed: Mapping[int, Estimate]
+    """The copy baseline on those cells (accuracy 0 by construction for symbolic observations)."""
+    changed_fraction: Mapping[int, float]
+    model_unseen: Mapping[int, Estimate] = field(default_factory=dict)
+    """Symbolic only: cells whose true value appeared at that position in no context frame."""
+
+    def summary(self) -> str:
+        """A small table, one row per horizon."""
+        rows = [f"{self.metric} (context {self.context}, {self.num_windows} windows)",
+                "k   model    copy     model_changed copy_changed changed_frac model_unseen"]
+        for k in self.horizons:
+            unseen = f"{self.model_unseen[k].estimate:.4f}" if k in self.model_unseen else "-"
+            rows.append(f"{k:<3d} {self.model[k].estimate:.4f}   {self.copy[k].estimate:.4f}   "
+                        f"{self.model_changed[k].estimate:.4f}        {self.copy_changed[k].estimate:.4f}       "
+                        f"{self.changed_fraction[k]:.4f}       {unseen}")
+        return "\n".join(rows)
+
+
+def episode_windows(episodes: Sequence[Episode], length: int, stride: int | None = None) -> dict[str, Tensor]:
+    """Cut every episode into windows of ``length`` steps that start at ``0, stride, 2 stride, ...`` and fit
+    inside the episode (shorter episodes give none). Returns ``{"obs": [n length *obs], "actions":
+    [n length ...], "is_first": [n length]}``; ``is_first`` is true only at a window starting at step 0."""
+    stride = stride or length
+    if length < 1 or stride < 1:
+        raise ValueError(f"length and stride must be positive, got length={length}, stride={stride}")
+    cut = {"obs": [], "actions": [], "is_first": []}
+    for ep in episodes:
+        for start in range(0, len(ep) - length + 1, stride):
+            for k in cut:
+                cut[k].append(getattr(ep, k)[start:start + length])
+    if not cut["obs"]:
+        raise ValueError(f"no episode has {length} steps (longest: {max((len(e) for e in episodes), default=0)}); "
+                         "use shorter windows or longer episodes")
+    return {k: torch.from_numpy(np.stack(v)) for k, v in cut.items()}
+
+
+def _estimate(num: np.ndarray, den: np.ndarray, rng: np.random.Generator, resamples: int = 200) -> Estimate:
+    """Pooled ratio ``sum(num) / sum(den)`` over windows with a percentile bootstrap over windows."""
+    total = float(den.sum())
+    if total == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+    idx = rng.integers(0, len(num), size=(resamples, len(num)))
+    boot = num[idx].sum(1) / np.maximum(den[idx].sum(1), 1e-12)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return Estimate(float(num.sum() / total), float(lo), float(hi), int(total))
+
+
+@torch.inference_mode()
+def evaluate_open_loop(model: DynamicsModel, obs: Tensor, actions: Tensor, is_first: Tensor, context: int,
+                       horizons: Sequence[int] = (1, 5, 15), *, decode: Callable[[LatentState], Tensor] | None = None,
+                       sample: bool = False, batch_size: int = 256, seed: int = 0) -> OpenLoopReport:
+    """Open-loop prediction quality of ``model`` on windows ``obs[b T *obs]``, ``actions[b T ...]``,
+    ``is_first[b T]`` (see the module docstring). ``decode`` replaces ``model.decode`` (e.g. a decoder
+    fitted on frozen latents of a model without one); ``sample`` is passed to ``imagine``."""
+    horizons = tuple(sorted(set(int(k) for k in horizons)))
+    h = horizons[-1]
+    if not horizons or horizons[0] < 1 or context < 1:
+        raise ValueError(f"need context >= 1 and horizons >= 1, got context={context}, horizons={horizons}")
+    if obs.shape[1] < context + h:
+        raise ValueError(f"windows must have at least context + max(horizon) = {context + h} steps, got {obs.shape[1]}")
+    if is_first[:, 1:context + h].any():
+        raise ValueError("windows must lie inside one episode: is_first is set after step 0; cut them with episode_windows")
+    decode = decode or model.decode
+    spec = model.obs_spec
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    stats: dict[str, list[np.ndarray]] = {}
+    try:
+        for start in range(0, obs.shape[0], batch_size):
+            sl = slice(start, start + batch_size)
+            o, a, f = (x[sl].to(device) for x in (obs, actions, is_first))
+            post = model.observe(o[:, :context], a[:, :context], f[:, :context])
+            imagined = model.imagine(post.at((slice(None), -1)), a[:, context:context + h], sample=sample)
+            pred = decode(imagined)[:, [k - 1 for k in horizons]]  # [b K *obs]
+            truth = o[:, [context - 1 + k for k in horizons]]
+            for key, value in _batch_stats(pred, truth, o[:, :context], spec.kind).items():
+                stats.setdefault(key, []).append(value)
+    finally:
+        model.train(was_training)
+    s = {k: np.concatenate(v) for k, v in stats.items()}  # each [b K]
+    rng = np.random.default_rng(seed)
+    col = {k: i for i, k in enumerate(horizons)}
+
+    def per_k(num: str, den: str) -> dict[int, Estimate]:
+        return {k: _estimate(s[num][:, i], s[den][:, i], rng) for k, i in col.items()}
+
+    return OpenLoopReport(
+        metric="accuracy" if spec.kind == "symbolic" else "mse", context=context, horizons=horizons,
+        num_windows=int(obs.shape[0]), model=per_k("model", "cells"), copy=per_k("copy", "cells"),
+        model_changed=per_k("model_changed", "changed"), copy_changed=per_k("copy_changed", "changed"),
+        changed_fraction={k: float(s["changed"][:, i].sum() / max(s["cells"][:, i].sum(), 1)) for k, i in col.items()},
+        model_unseen=per_k("model_unseen", "unseen") if spec.kind == "symbolic" else {},
+    )
+
+
+def _batch_stats(pred: Tensor, truth: Tensor, ctx: Tensor, kind: str) -> dict[str, np.ndarray]:
+    """Per-window sums ``[b K]`` of correct cells / squared errors, and the cell counts they divide by.
+
+    ``pred[b K *obs]`` (logits for symbolic), ``truth[b K *obs]`` raw, ``ctx[b c *obs]`` raw context frames.
+    """
+    last = ctx[:, -1:]  # [b 1 *obs]
+    if kind == "symbolic":
+        p, y, cls_ctx = pred.argmax(2), truth.argmax(2), ctx.argmax(2)  # [b K h w], [b c h w]
+        hit, copy_hit = (p == y).float(), (cls_ctx[:, -1:] == y).float()
+        changed = (y != cls_ctx[:, -1:]).float()
+        unseen = (y.unsqueeze(2) != cls_ctx.unsqueeze(1)).all(2).float()  # [b K h w]
+        out = {"model": hit, "copy": copy_hit, "model_changed": hit * changed, "copy_changed": copy_hit * changed,
+               "changed": changed, "cells": torch.ones_like(hit), "model_unseen": hit * unseen, "unseen": unseen}
+    else:
+        scale = 255.0 if kind == "image" else 1.0
+        y, copy = truth.float() / scale, last.float() / scale
+        err, copy_err = (pred.float() - y).square(), (copy - y).square()
+        changed = (truth != last).float()
+        out = {"model": err, "copy": copy_err, "model_changed": err * changed, "copy_changed": copy_err * changed,
+               "changed": changed, "cells": torch.ones_like(err)}
+    return {k: v.flatten(2).sum(2).double().cpu().numpy() for k, v in out.items()}

@@ -1,0 +1,230 @@
+"""Recurrent state-space model (Dreamer-style RSSM): a deterministic GRU path plus a stochastic state.
+
+One step (``actions[:, t]`` led into step ``t``, see :mod:`worlds.trajectory`)::
+
+    deter_t = GRU(silu(LN(W_z stoch_{t-1} + W_a a_t)), deter_{t-1})
+    prior_t     = p(stoch_t | deter_t)                 (prior head: used by ``imagine``)
+    posterior_t = q(stoch_t | deter_t, embed(obs_t))   (used by ``observe`` and training)
+    obs_t ~ decoder(feat_t),  feat_t = [deter_t, stoch_t]
+
+``stoch_kind="discrete"``: ``stoch`` groups of ``classes``-way categoricals with straight-through
+gradients and 1% uniform mixing (DreamerV3); ``"gaussian"``: a diagonal Gaussian with ``stoch`` dims.
+Loss (DreamerV3): reconstruction + ``kl_dyn`` KL(sg(post) || prior) + ``kl_rep`` KL(post || sg(prior)),
+each KL clipped below at ``free_bits`` nats per step.
+
+Sites (``b`` batch, ``t`` time; ``S = stoch * classes`` for discrete, ``stoch`` for gaussian):
+    ``embed [E]``      encoder output of the observation (``observe`` only)
+    ``deter [D]``      GRU state
+    ``stoch [S]``      stochastic state, flattened (one-hot groups for discrete)
+    ``feat [D + S]``   ``concat(deter, stoch)``: what the decoder reads
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from dynamics.base import ActionSpec, DynamicsModel, LatentState, LossOutput, ObsSpec
+from dynamics.networks import (ENCODER_KINDS, ObsDecoder, ObsEncoder, check_sequence, decode_with,
+                               embed_actions, flatten_bt, mlp, plain_specs, recon_loss)
+
+
+@dataclass(frozen=True)
+class RSSMConfig:
+    """Hyperparameters of :class:`RSSM` (defaults tuned for small symbolic grids on CPU)."""
+
+    deter: int = 256
+    """Width of the deterministic GRU state."""
+    stoch: int = 16
+    """Number of categorical groups (discrete) or Gaussian dimensions."""
+    classes: int = 16
+    """Classes per categorical group (discrete only)."""
+    stoch_kind: str = "discrete"
+    """``"discrete"`` (categoricals, straight-through) or ``"gaussian"``."""
+    hidden: int = 256
+    """Width of the hidden layers (input, prior and posterior MLPs, decoder)."""
+    embed: int = 256
+    """Width of the observation embedding."""
+    encoder: str = "auto"
+    """``"auto"`` (MLP for small grids, conv otherwise), ``"mlp"`` or ``"conv"``."""
+    conv_depth: int = 32
+    """Channels of the first conv layer (doubling per layer)."""
+    unimix: float = 0.01
+    """Uniform mixture weight of the categoricals (DreamerV3: 1%)."""
+    free_bits: float = 1.0
+    """KL terms below this many nats per step are not penalised."""
+    kl_dyn: float = 0.5
+    """Weight of KL(sg(posterior) || prior): trains the prior."""
+    kl_rep: float = 0.1
+    """Weight of KL(posterior || sg(prior)): regularises the representation."""
+    min_std: float = 0.1
+    """Lower bound of the Gaussian standard deviation (gaussian only)."""
+    symlog: bool = True
+    """Encode and reconstruct vector observations in symlog space."""
+
+    def __post_init__(self) -> None:
+        for name in ("deter", "stoch", "classes", "hidden", "embed", "conv_depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.stoch_kind not in ("discrete", "gaussian"):
+            raise ValueError(f"stoch_kind must be 'discrete' or 'gaussian', got {self.stoch_kind!r}")
+        if self.encoder not in ENCODER_KINDS:
+            raise ValueError(f"encoder must be one of {ENCODER_KINDS}, got {self.encoder!r}")
+        if not 0.0 <= self.unimix < 1.0:
+            raise ValueError(f"unimix must lie in [0, 1), got {self.unimix!r}")
+
+
+class RSSM(DynamicsModel):
+    """Dreamer-style recurrent state-space model (see the module docstring)."""
+
+    name: ClassVar[str] = "rssm"
+
+    def __init__(self, obs_spec: ObsSpec, action_spec: ActionSpec, config: RSSMConfig = RSSMConfig()):
+        super().__init__()
+        self.obs_spec, self.action_spec, self.config = obs_spec, action_spec, config
+        c = config
+        self.discrete = c.stoch_kind == "discrete"
+        self.stoch_dim = c.stoch * c.classes if self.discrete else c.stoch
+        stats = self.stoch_dim if self.discrete else 2 * c.stoch
+        self.encoder = ObsEncoder(obs_spec, c.embed, c.hidden, c.encoder, c.conv_depth, c.symlog)
+        self.decoder = ObsDecoder(obs_spec, c.deter + self.stoch_dim, c.hidden, c.encoder, c.conv_depth)
+        # The GRU input and posterior layers read concatenations; they are split into one Linear per
+        # part so that the parts known for the whole window (actions, embeddings) are projected in one
+        # batched matmul outside the time loop.
+        self.img_stoch = nn.Linear(self.stoch_dim, c.hidden, bias=False)
+        self.img_action = nn.Linear(action_spec.input_dim, c.hidden)
+        self.img_norm = nn.LayerNorm(c.hidden)
+        self.gru = nn.GRUCell(c.hidden, c.deter)
+        self.prior = mlp(c.deter, c.hidden, stats, layers=1)
+        self.post_deter = nn.Linear(c.deter, c.hidden, bias=False)
+        self.post_embed = nn.Linear(c.embed, c.hidden)
+        self.post_out = nn.Sequential(nn.LayerNorm(c.hidden), nn.SiLU(), nn.Linear(c.hidden, stats))
+
+    # -- interface ------------------------------------------------------------------------------
+    @property
+    def sites(self) -> dict[str, tuple[int, ...]]:
+        c = self.config
+        return {"embed": (c.embed,), "deter": (c.deter,), "stoch": (self.stoch_dim,),
+                "feat": (c.deter + self.stoch_dim,)}
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return {**plain_specs(self.obs_spec, self.action_spec), **dataclasses.asdict(self.config)}
+
+    def initial(self, batch_size: int) -> LatentState:
+        p = self.img_action.weight
+        deter = p.new_zeros(batch_size, self.config.deter)
+        stoch = p.new_zeros(batch_size, self.stoch_dim)
+        return LatentState({"deter": deter, "stoch": stoch, "feat": torch.cat([deter, stoch], -1)})
+
+    def observe(self, obs: Tensor, actions: Tensor, is_first: Tensor, *, sample: bool = False) -> LatentState:
+        """Posterior states ``[b t ...]``; ``sample=False`` takes the posterior mode (deterministic)."""
+        return self._filter(obs, actions, is_first, sample)[0]
+
+    def imagine(self, state: LatentState, actions: Tensor, *, sample: bool = False) -> LatentState:
+        """Prior rollout ``[b h ...]``; ``sample=False`` takes the prior mode/mean at every step."""
+        b, h = actions.shape[:2]
+        act = self.img_action(embed_actions(actions, self.action_spec))  # [b h hidden]
+        deter, stoch = state["deter"], state["stoch"]
+        grad = torch.is_grad_enabled()
+        out_d = deter.new_empty(b, h, self.config.deter) if not grad else []
+        out_s = deter.new_empty(b, h, self.stoch_dim) if not grad else []
+        for i in range(h):
+            deter = self.gru(F.silu(self.img_norm(self.img_stoch(stoch) + act[:, i])), deter)
+            stoch = self._stoch(self.prior(deter), sample)
+            if grad:
+                out_d.append(deter), out_s.append(stoch)
+            else:
+                out_d[:, i], out_s[:, i] = deter, stoch
+        if grad:
+            out_d = torch.stack(out_d, 1) if h else deter.new_zeros(b, 0, self.config.deter)
+            out_s = torch.stack(out_s, 1) if h else deter.new_zeros(b, 0, self.stoch_dim)
+        return LatentState({"deter": out_d, "stoch": out_s, "feat": torch.cat([out_d, out_s], -1)})
+
+    def decode(self, state: LatentState) -> Tensor:
+        """Predicted observation ``[*lead *obs]`` from ``feat[*lead f]`` (channel logits for symbolic obs)."""
+        return decode_with(self.decoder, state["feat"], self.obs_spec, self.config.symlog)
+
+    def loss(self, obs: Tensor, actions: Tensor, is_first: Tensor) -> LossOutput:
+        c = self.config
+        state, post = self._filter(obs, actions, is_first, sample=True)
+        prior = self.prior(state["deter"])
+        recon = recon_loss(self.decoder(flatten_bt(state["feat"])), flatten_bt(obs), self.obs_spec, c.symlog).mean()
+        dyn = self._kl(post.detach(), prior)
+        rep = self._kl(post, prior.detach())
+        loss = (recon + c.kl_dyn * dyn.clamp(min=c.free_bits).mean()
+                + c.kl_rep * rep.clamp(min=c.free_bits).mean())
+        metrics = {"recon": recon, "kl": dyn.mean(), "loss": loss}
+        return LossOutput(loss, {k: v.detach() for k, v in metrics.items()}, state.map(torch.Tensor.detach))
+
+    # -- internals ------------------------------------------------------------------------------
+    def _filter(self, obs: Tensor, actions: Tensor, is_first: Tensor, sample: bool) -> tuple[LatentState, Tensor]:
+        """Posterior states ``[b t ...]`` and posterior statistics ``[b t stats]``."""
+        check_sequence(obs, actions, is_first, self.obs_spec, self.action_spec)
+        b, t = is_first.shape
+        keep = (~is_first.bool()).float().unsqueeze(-1)  # [b t 1]: 0 where the state resets
+        embed = rearrange(self.encoder(flatten_bt(obs)), "(b t) e -> b t e", b=b)
+        act = self.img_action(embed_actions(actions, self.action_spec) * keep)  # no action into a first step
+        emb = self.post_embed(embed)
+        init = self.initial(b)
+        deter, stoch = init["deter"], init["stoch"]
+        out_d, out_s, out_p = [], [], []
+        for i in range(t):
+            k = keep[:, i]
+            deter, stoch = deter * k, stoch * k
+            deter = self.gru(F.silu(self.img_norm(self.img_stoch(stoch) + act[:, i])), deter)
+            stats = self.post_out(self.post_deter(deter) + emb[:, i])
+            stoch = self._stoch(stats, sample)
+            out_d.append(deter), out_s.append(stoch), out_p.append(stats)
+        d, s = torch.stack(out_d, 1), torch.stack(out_s, 1)
+        state = LatentState({"embed": embed, "deter": d, "stoch": s, "feat": torch.cat([d, s], -1)})
+        return state, torch.stack(out_p, 1)
+
+    def _probs(self, stats: Tensor) -> Tensor:
+        """Categorical probabilities ``[... g k]`` with uniform mixing, from logits ``[... (g k)]``."""
+        probs = rearrange(stats, "... (g k) -> ... g k", k=self.config.classes).softmax(-1)
+        u = self.config.unimix
+        return probs * (1 - u) + u / self.config.classes if u else probs
+
+    def _gaussian(self, stats: Tensor) -> tuple[Tensor, Tensor]:
+        mean, raw = stats.chunk(2, -1)
+        return mean, F.softplus(raw) + self.config.min_std
+
+    def _stoch(self, stats: Tensor, sample: bool) -> Tensor:
+        """A stochastic state ``[... S]`` from statistics: a sample, or the mode (discrete) / mean (gaussian)."""
+        if not self.discrete:
+            mean, std = self._gaussian(stats)
+            return mean + std * torch.randn_like(std) if sample else mean
+        return rearrange(straight_through(self._probs(stats), sample), "... g k -> ... (g k)")
+
+    def _kl(self, post: Tensor, prior: Tensor) -> Tensor:
+        """KL(post || prior) summed over the latent dims: ``[...]``."""
+        if self.discrete:
+            p, q = self._probs(post), self._probs(prior)
+            return (p * (p.log() - q.log())).sum((-2, -1))
+        (m1, s1), (m2, s2) = self._gaussian(post), self._gaussian(prior)
+        return (torch.log(s2 / s1) + (s1.square() + (m1 - m2).square()) / (2 * s2.square()) - 0.5).sum(-1)
+
+
+def straight_through(probs: Tensor, sample: bool) -> Tensor:
+    """One-hot ``[... k]`` (a sample from ``probs``, or its argmax) whose gradient is that of ``probs``.
+
+    The forward value is exactly one-hot; the backward pass treats it as ``probs`` (straight-through
+    estimator, Bengio et al. 2013), which is what DreamerV2/3 use for categorical latents.
+    """
+    if sample:
+        # Gumbel-max: one batched draw for every group, no loop and no torch.distributions objects.
+        gumbel = -torch.log(-torch.log(torch.rand_like(probs).clamp_(1e-20, 1.0)))
+        index = (probs.log() + gumbel).argmax(-1)
+    else:
+        index = probs.argmax(-1)
+    onehot = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
+    if not probs.requires_grad:
+        return onehot
+    return onehot + (probs - probs.detach())  # exactly one-hot forward: the bracket is exactly zero

@@ -1,0 +1,169 @@
+"""Reconstruction-free self-predictive model (SPR / JEPA style) with an explicit anti-collapse term.
+
+Online path: ``embed_t = enc(obs_t)``; the same blankable GRU as :mod:`dynamics.gru` filters
+``[m_t * embed_t, m_t, a_t]`` into ``deter_t``; a predictor head maps ``deter_t`` to a guess of the
+*target* latent ``enc_ema(obs_t)``, where ``enc_ema`` is an exponential moving average of ``enc``
+(BYOL / SPR). Training withholds a random suffix of each window (``m_t = 0``), so steps ``c .. t-1``
+are predicted ``1 .. t-c`` steps ahead from actions alone; ``imagine`` runs the cell with blank inputs.
+
+Loss = ``pred`` (cosine distance of predictor output to the stop-gradient target latent, every step)
++ ``var_weight`` * VICReg variance hinge + ``cov_weight`` * VICReg covariance penalty, both on the batch of
+online embeddings (as PLDM, Sobal et al. 2025). Logged collapse statistic: :func:`effective_rank` of the
+embedding batch (``erank_embed``) and of the GRU states (``erank_deter``). No decoder: ``decode`` raises.
+
+The EMA target is updated at the start of every ``loss`` call made with gradients enabled in training
+mode (so a plain training loop, or a Lightning module that only calls ``loss``, needs no hook); it
+lags the optimiser by one step, which is immaterial at ``ema`` close to 1.
+
+Sites (``b`` batch, ``t`` time): ``embed [E]`` (``observe`` only), ``deter [D]``, ``feat [D]`` (= deter).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from dynamics.base import ActionSpec, DynamicsModel, LatentState, LossOutput, ObsSpec
+from dynamics.gru import BlankableGRU, observed_prefix
+from dynamics.networks import ENCODER_KINDS, ObsEncoder, check_sequence, embed_actions, flatten_bt, mlp, plain_specs
+
+
+def effective_rank(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """Effective rank of a batch ``x[n d]``: ``exp(H(s / sum s))`` of its singular values ``s``
+    (Roy & Vetterli 2007; RankMe, Garrido et al. 2023). 1 for a collapsed batch, ``min(n, d)`` at most."""
+    s = torch.linalg.svdvals(x.float())
+    p = s / s.sum().clamp(min=eps)
+    return torch.exp(-(p * torch.log(p.clamp(min=eps))).sum())
+
+
+def vicreg_terms(z: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """VICReg (Bardes et al. 2022) regularisers of ``z[n d]``: the hinge ``mean(relu(1 - std_j))`` and the
+    covariance penalty ``sum_{i != j} cov_ij^2 / d``."""
+    n, d = z.shape
+    z = z - z.mean(0)
+    std = torch.sqrt(z.var(0) + eps)
+    var = F.relu(1 - std).mean()
+    cov = (z.T @ z) / max(n - 1, 1)
+    off = cov.square().sum() - cov.diagonal().square().sum()
+    return var, off / d
+
+
+@dataclass(frozen=True)
+class SPRConfig:
+    """Hyperparameters of :class:`SPRModel`."""
+
+    deter: int = 256
+    """Width of the GRU state."""
+    hidden: int = 256
+    """Width of the hidden layers."""
+    embed: int = 128
+    """Width of the observation embedding (the latent that is predicted)."""
+    encoder: str = "auto"
+    """``"auto"`` (MLP for small grids, conv otherwise), ``"mlp"`` or ``"conv"``."""
+    conv_depth: int = 32
+    """Channels of the first conv layer (doubling per layer)."""
+    symlog: bool = True
+    """Encode vector observations in symlog space."""
+    ema: float = 0.99
+    """Decay of the target encoder's moving average (1 freezes it, 0 copies the online encoder)."""
+    var_weight: float = 1.0
+    """Weight of the VICReg variance hinge (0 disables the anti-collapse term together with ``cov_weight``)."""
+    cov_weight: float = 0.04
+    """Weight of the VICReg covariance penalty."""
+
+    def __post_init__(self) -> None:
+        for name in ("deter", "hidden", "embed", "conv_depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.encoder not in ENCODER_KINDS:
+            raise ValueError(f"encoder must be one of {ENCODER_KINDS}, got {self.encoder!r}")
+        if not 0.0 <= self.ema <= 1.0:
+            raise ValueError(f"ema must lie in [0, 1], got {self.ema!r}")
+
+
+class SPRModel(DynamicsModel):
+    """Self-predictive latent model without reconstruction (see the module docstring)."""
+
+    name: ClassVar[str] = "spr"
+
+    def __init__(self, obs_spec: ObsSpec, action_spec: ActionSpec, config: SPRConfig = SPRConfig()):
+        super().__init__()
+        self.obs_spec, self.action_spec, self.config = obs_spec, action_spec, config
+        c = config
+        self.encoder = ObsEncoder(obs_spec, c.embed, c.hidden, c.encoder, c.conv_depth, c.symlog)
+        self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.core = BlankableGRU(c.embed, action_spec.input_dim, c.hidden, c.deter)
+        self.predictor = mlp(c.deter, c.hidden, c.embed, layers=1)
+
+    @property
+    def sites(self) -> dict[str, tuple[int, ...]]:
+        c = self.config
+        return {"embed": (c.embed,), "deter": (c.deter,), "feat": (c.deter,)}
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return {**plain_specs(self.obs_spec, self.action_spec), **dataclasses.asdict(self.config)}
+
+    def initial(self, batch_size: int) -> LatentState:
+        deter = self.core.inp.weight.new_zeros(batch_size, self.config.deter)
+        return LatentState({"deter": deter, "feat": deter})
+
+    def observe(self, obs: Tensor, actions: Tensor, is_first: Tensor, *, sample: bool = False) -> LatentState:
+        """States ``[b t ...]`` after every observation (``sample`` is accepted for a common signature)."""
+        return self._filter(obs, actions, is_first, torch.ones_like(is_first, dtype=torch.bool))
+
+    def imagine(self, state: LatentState, actions: Tensor, *, sample: bool = False) -> LatentState:
+        """Roll ``state[b ...]`` with blank observations over ``actions[b h ...]``: ``[b h ...]``."""
+        b, h = actions.shape[:2]
+        if h == 0:
+            deter = state["deter"].new_zeros(b, 0, self.config.deter)
+        else:
+            act = embed_actions(actions, self.action_spec)
+            deter = self.core(None, act.new_zeros(b, h), act, state["deter"])
+        return LatentState({"deter": deter, "feat": deter})
+
+    def predict_target(self, state: LatentState) -> Tensor:
+        """The predictor's guess ``[*lead E]`` of the target-encoder latent of each state's observation."""
+        return self.predictor(state["feat"])
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        """``target <- ema * target + (1 - ema) * online`` for every encoder parameter and buffer."""
+        for tgt, src in zip(self.target_encoder.state_dict().values(), self.encoder.state_dict().values()):
+            tgt.lerp_(src, 1.0 - self.config.ema) if tgt.is_floating_point() else tgt.copy_(src)
+
+    def loss(self, obs: Tensor, actions: Tensor, is_first: Tensor) -> LossOutput:
+        c = self.config
+        if self.training and torch.is_grad_enabled():
+            self.update_target()
+        mask = observed_prefix(is_first)
+        state = self._filter(obs, actions, is_first, mask)
+        with torch.no_grad():
+            target = rearrange(self.target_encoder(flatten_bt(obs)), "(b t) e -> b t e", b=obs.shape[0])
+        pred = self.predict_target(state)
+        per_step = 2 - 2 * F.cosine_similarity(pred, target, dim=-1)  # [b t] = ||p/|p| - y/|y|||^2
+        embed = flatten_bt(state["embed"])
+        var, cov = vicreg_terms(embed)
+        loss = per_step.mean() + c.var_weight * var + c.cov_weight * cov
+        m = mask.float()
+        metrics = {"loss": loss, "pred": per_step.mean(), "var": var, "cov": cov,
+                   "pred_blank": (per_step * (1 - m)).sum() / (1 - m).sum().clamp(min=1),
+                   "erank_embed": effective_rank(embed.detach()),
+                   "erank_deter": effective_rank(flatten_bt(state["deter"]).detach())}
+        return LossOutput(loss, {k: v.detach() for k, v in metrics.items()}, state.map(torch.Tensor.detach))
+
+    def _filter(self, obs: Tensor, actions: Tensor, is_first: Tensor, mask: Tensor) -> LatentState:
+        check_sequence(obs, actions, is_first, self.obs_spec, self.action_spec)
+        b = obs.shape[0]
+        keep = (~is_first.bool()).float().unsqueeze(-1)
+        embed = rearrange(self.encoder(flatten_bt(obs)), "(b t) e -> b t e", b=b)
+        act = embed_actions(actions, self.action_spec) * keep
+        deter = self.core(embed, mask, act, self.initial(b)["deter"], is_first)
+        return LatentState({"embed": embed, "deter": deter, "feat": deter})

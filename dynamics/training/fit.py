@@ -1,0 +1,229 @@
+"""``fit_dynamics``: train a plain dynamics model on a trajectory dataset with Lightning; resumable, bitwise.
+
+Layout of ``out_dir``::
+
+    run.json                        what produced the run: settings, model, dataset fingerprint, code, wandb id
+    checkpoints/best.ckpt           lowest val/loss (+ best.ckpt.sha256.json)
+    checkpoints/last.ckpt           every ``checkpoint_every`` steps and at the end (+ sidecar)
+    metrics.json                    val loss, open-loop errors, train seconds, transitions/s (written atomically)
+    wandb/                          the offline wandb run (``wandb sync`` it later), if logging to wandb
+
+Reproducibility: ``seed_everything(seed, workers=True)`` and deterministic algorithms (strict on CPU,
+``warn_only`` elsewhere; the previous global setting is restored afterwards). With ``resume=True`` a
+killed run continues from its newest valid checkpoint and ends with bitwise the same weights as an
+uninterrupted one on the same hardware (data order from :mod:`dynamics.training.data`, RNG states
+from :class:`~dynamics.training.checkpoint.RngState`, validation on its own RNG stream).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import secrets
+import string
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Timer
+
+from dynamics.base import DynamicsModel
+from dynamics.training.checkpoint import (BEST_NAME, LAST_NAME, AtomicCheckpointIO, RngState, atomic_write_json,
+                                          checkpoint_callbacks, find_resume_checkpoint)
+from dynamics.training.data import WindowDataModule, WindowSource
+from dynamics.training.guards import NonFiniteGuard
+from dynamics.training.module import DynamicsModule
+from worlds.errors import OntolabError
+
+LOGGERS = ("wandb-offline", "wandb-online", "none")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one ``fit_dynamics`` call produced (also written to ``out_dir/metrics.json``)."""
+
+    out_dir: Path
+    best_checkpoint: Path | None
+    """``checkpoints/best.ckpt`` (lowest ``val/loss``), if a validation ran during training."""
+    last_checkpoint: Path | None
+    """``checkpoints/last.ckpt``: the final weights."""
+    val_loss: float
+    """``val/loss`` of the final weights."""
+    open_loop: Mapping[int, float]
+    """``{k: error}`` of k-step open-loop prediction with the final weights (empty if the model cannot decode)."""
+    train_seconds: float
+    """Wall-clock seconds in the training loop (validation included), summed over resumed runs."""
+    transitions_per_s: float
+    """Training transitions (batch x window steps, all devices) per training second."""
+    steps: int
+    """Optimizer steps done (global step)."""
+    wandb_run_id: str | None
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise OntolabError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _code_version() -> dict[str, Any]:
+    try:
+        from worlds.dataset.manifest import code_version  # the dataset writer records the same
+    except ImportError:
+        return {}
+    return code_version()
+
+
+def _make_logger(kind: str, out: Path, project: str, run_id: str | None, name: str | None) -> Any:
+    if kind == "none":
+        return False
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+    from pytorch_lightning.loggers import WandbLogger
+
+    # Our own id (8 lowercase alphanumerics, as wandb makes them; wandb's generator is not public API), chosen
+    # before the run starts so that run.json can record it and a resumed run continues the same wandb run.
+    run_id = run_id or "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    return WandbLogger(project=project, name=name, save_dir=str(out), id=run_id,
+                       resume="allow", mode="online" if kind == "wandb-online" else "offline",
+                       settings=wandb.Settings(silent=True, console="off"))
+
+
+def fit_dynamics(
+    model: DynamicsModel, data: WindowSource, out_dir: str | os.PathLike, *,
+    max_steps: int, max_time_s: float | None = None, batch_size: int = 16, window: int = 32,
+    lr: float = 3e-4, weight_decay: float = 0.0, grad_clip: float | None = 100.0, seed: int = 0,
+    resume: bool = False, val_every: int = 500, checkpoint_every: int | None = None,
+    max_val_windows: int = 256, open_loop_ks: Sequence[int] = (1, 5, 15),
+    logger: str | None = "wandb-offline", wandb_project: str = "ontolab", run_name: str | None = None,
+    accelerator: str = "cpu", devices: int | str = 1, strategy: str | Any = "auto", num_nodes: int = 1,
+    precision: str | int = "32-true", num_workers: int = 0, progress_bar: bool = True,
+    callbacks: Sequence[pl.Callback] = (),
+) -> TrainResult:
+    """Train ``model`` on windows of ``data`` (train split; validation on the val split) into ``out_dir``.
+
+    ``model`` is built by the caller (seed before building it for reproducible initial weights); on
+    ``resume=True`` its weights are replaced by the checkpoint's. ``checkpoint_every`` defaults to
+    ``val_every``. ``logger``: ``"wandb-offline"`` (default, never needs network), ``"wandb-online"``
+    or ``"none"``. ``accelerator`` / ``devices`` / ``strategy`` / ``num_nodes`` / ``precision`` go to
+    Lightning's Trainer unchanged (``strategy="ddp"`` with ``devices=4`` etc.). ``callbacks`` are
+    extra Lightning callbacks.
+    """
+    _check_int("max_steps", max_steps, 1)
+    _check_int("val_every", val_every, 1)
+    checkpoint_every = _check_int("checkpoint_every", val_every if checkpoint_every is None else checkpoint_every, 1)
+    logger = "none" if logger is None else logger
+    if logger not in LOGGERS:
+        raise OntolabError(f"logger must be one of {LOGGERS}, got {logger!r}")
+    if max_time_s is not None and not max_time_s > 0:
+        raise OntolabError(f"max_time_s must be a positive number of seconds or None, got {max_time_s!r}")
+    if grad_clip is not None and not grad_clip > 0:
+        raise OntolabError(f"grad_clip must be positive or None, got {grad_clip!r}")
+    out = Path(out_dir)
+    ckpt_dir = out / "checkpoints"
+    settings = {k: v if isinstance(v, (str, int, float, bool, type(None), list, tuple)) else repr(v)
+                for k, v in locals().items() if k in _SETTING_NAMES}
+
+    # -- where to start ------------------------------------------------------------------------------
+    previous: dict[str, Any] = {}
+    if resume:
+        ckpt_path = find_resume_checkpoint(ckpt_dir)
+        if ckpt_path is None:
+            warnings.warn(f"resume=True but {ckpt_dir} holds no checkpoint; starting from step 0", stacklevel=2)
+        if (out / "run.json").is_file():
+            previous = json.loads((out / "run.json").read_text())
+    else:
+        ckpt_path = None
+        if ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
+            raise OntolabError(f"{ckpt_dir} already holds checkpoints; pass resume=True to continue that run "
+                               "or choose another out_dir")
+
+    # -- pieces ---------------------------------------------------------------------------------------
+    pl.seed_everything(seed, workers=True, verbose=False)
+    datamodule = WindowDataModule(data, window=window, batch_size=batch_size, seed=seed, num_workers=num_workers,
+                                  max_val_windows=max_val_windows)
+    module = DynamicsModule(model, lr=lr, weight_decay=weight_decay, open_loop_ks=open_loop_ks, val_seed=seed)
+    timer = Timer(duration=None if max_time_s is None else {"seconds": float(max_time_s)}, interval="step")
+    run_logger = _make_logger(logger, out, wandb_project, previous.get("wandb_run_id"), run_name)
+    run_id = getattr(run_logger, "version", None) if run_logger else None
+    was_deterministic = (torch.are_deterministic_algorithms_enabled(),
+                         torch.is_deterministic_algorithms_warn_only_enabled())
+    trainer = pl.Trainer(
+        accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes, precision=precision,
+        max_steps=max_steps, max_epochs=-1, val_check_interval=val_every, check_val_every_n_epoch=None,
+        num_sanity_val_steps=1, gradient_clip_val=grad_clip, gradient_clip_algorithm="norm",
+        deterministic=True if accelerator == "cpu" else "warn", benchmark=False,
+        plugins=[AtomicCheckpointIO()], logger=run_logger, log_every_n_steps=min(50, val_every),
+        callbacks=[NonFiniteGuard(check_grads=str(precision) not in ("16-mixed", "16")), RngState(), timer,
+                   *checkpoint_callbacks(ckpt_dir, checkpoint_every), *callbacks],
+        enable_progress_bar=progress_bar, enable_model_summary=progress_bar, default_root_dir=str(out),
+        use_distributed_sampler=False,  # WindowDataModule shards by rank itself
+    )
+    if trainer.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "run.json", {
+            "settings": settings, "model": module.meta, "dataset_fingerprint": str(data.fingerprint),
+            "seed": seed, "wandb_run_id": run_id, "resumed_from": None if ckpt_path is None else str(ckpt_path),
+            "code": _code_version(), "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                                                  "pytorch_lightning": pl.__version__},
+        })
+
+    # -- train, then validate the final weights if the last validation was at another step ------------
+    status = 1
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            if module.last_val_step != trainer.global_step:
+                trainer.validate(module, datamodule=datamodule, verbose=False)
+        status = 0
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic[0], warn_only=was_deterministic[1])
+        if run_logger:
+            import wandb
+
+            wandb.finish(exit_code=status)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    open_loop = {k: metrics[f"val/open_loop_{k}"] for k in module.open_loop_ks if f"val/open_loop_{k}" in metrics}
+    seconds = float(timer.time_elapsed("train"))
+    steps = int(trainer.global_step)
+    transitions = steps * batch_size * window * trainer.world_size
+    result = TrainResult(
+        out_dir=out,
+        best_checkpoint=ckpt_dir / BEST_NAME if (ckpt_dir / BEST_NAME).is_file() else None,
+        last_checkpoint=ckpt_dir / LAST_NAME if (ckpt_dir / LAST_NAME).is_file() else None,
+        val_loss=metrics.get("val/loss", float("nan")), open_loop=open_loop, train_seconds=seconds,
+        transitions_per_s=transitions / seconds if seconds > 0 else float("nan"), steps=steps, wandb_run_id=run_id,
+    )
+    if trainer.is_global_zero:
+        record = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+        record = {k: str(v) if isinstance(v, Path) else v for k, v in record.items()}
+        record["open_loop"] = {str(k): v for k, v in open_loop.items()}
+        record["val_metrics"] = metrics
+        atomic_write_json(out / "metrics.json", _json_safe(record))
+    return result
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN / inf -> None (strict JSON), recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+_SETTING_NAMES = frozenset({
+    "max_steps", "max_time_s", "batch_size", "window", "lr", "weight_decay", "grad_clip", "seed", "resume",
+    "val_every", "checkpoint_every", "max_val_windows", "open_loop_ks", "logger", "wandb_project", "run_name",
+    "accelerator", "devices", "strategy", "num_nodes", "precision", "num_workers",
+})

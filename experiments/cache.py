@@ -1,0 +1,90 @@
+"""Stage outputs cached under a fingerprint of their inputs, and the run-folder lock.
+
+A stage's output lives in ``CACHE/<stage>/<fingerprint>/``, where the fingerprint hashes the
+stage's config section and the fingerprints of what it consumes. The folder is built under a
+temporary name and renamed into place when the stage finishes, and ``stage.json`` inside it is the
+completion marker: a killed or interrupted stage leaves no folder that looks finished, the next run
+redoes it, and finished stages are reused by every run whose inputs hash the same.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from experiments.provenance import code_version, fingerprint, write_json
+from worlds.errors import OntolabError
+
+MARKER = "stage.json"
+
+
+class RunLockedError(OntolabError):
+    """Another ontolab process holds the run folder."""
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """A finished stage: where its output is, its fingerprint, whether it was reused, its seconds."""
+
+    stage: str
+    path: Path
+    fingerprint: str
+    reused: bool
+    seconds: float
+
+
+def stage_fingerprint(stage: str, section: Any, inputs: dict[str, str]) -> str:
+    return fingerprint({"stage": stage, "section": section, "inputs": inputs})
+
+
+def run_stage(cache: Path, stage: str, section: Any, inputs: dict[str, str],
+              build: Callable[[Path], Any]) -> StageResult:
+    """Reuse ``cache/stage/<fp>`` if finished, else call ``build(tmp_folder)`` and publish it atomically."""
+    fp = stage_fingerprint(stage, section, inputs)
+    final = cache / stage / fp
+    if (final / MARKER).is_file():
+        meta = json.loads((final / MARKER).read_text())
+        return StageResult(stage, final, fp, True, float(meta.get("seconds", 0.0)))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{fp}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    t0 = time.perf_counter()
+    try:
+        build(tmp)
+        seconds = time.perf_counter() - t0
+        write_json({"stage": stage, "fingerprint": fp, "inputs": inputs, "section": section,
+                    "seconds": seconds, "code": code_version(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")},
+                   tmp / MARKER)
+        if final.exists():  # an unfinished leftover (no marker): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return StageResult(stage, final, fp, False, seconds)
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` for the duration; a second process is refused at once."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLockedError(f"run folder {str(run_dir)!r} is in use by another ontolab process; "
+                                 "wait for it to finish or choose another out=") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)

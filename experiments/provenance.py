@@ -1,0 +1,67 @@
+"""What produced an output: resolved config, code version, fingerprints -- written beside it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from experiments.config import to_dict
+
+
+def code_version() -> dict[str, str | None]:
+    """The installed ontolab version and, when run from a git checkout, the commit (``+dirty`` if modified)."""
+    try:
+        version = metadata.version("ontolab")
+    except metadata.PackageNotFoundError:
+        version = None
+    commit = None
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip() or None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        if commit and dirty:
+            commit += "+dirty"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"version": version, "git_commit": commit}
+
+
+def fingerprint(obj: Any) -> str:
+    """A short sha256 of a JSON-serialisable object (key order does not matter)."""
+    blob = json.dumps(to_dict(obj), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same folder, fsync and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_config(cfg: Any, path: str | Path) -> None:
+    """The resolved config as YAML (atomically)."""
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """``obj`` as indented JSON (atomically)."""
+    atomic_write_text(path, json.dumps(to_dict(obj), indent=2, sort_keys=False, default=str) + "\n")

@@ -1,0 +1,132 @@
+"""The config sections of every ``ontolab`` command, and how a command's config is resolved.
+
+A command's config is one :class:`RunConfig`; each stage reads its own section. World parameters
+are written flat under ``world`` (``world.size=11``) and validated against the parameters dataclass
+the world registered; dynamics model hyperparameters go under ``dynamics.hparams``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from experiments.config import ConfigError, build, field, load_yaml, merge, parse_overrides
+from worlds.registry import get_world
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class WorldSection:
+    name: str = field("lavakeydoor", help="registered world name (`ontolab worlds` lists them)")
+    params: dict = field(default_factory=dict, help="world parameters; write them flat, e.g. world.size=11")
+
+
+@dataclass(frozen=True)
+class DataSection:
+    episodes: int = field(2000, help="training/val/test episodes to collect (split by whole episode)")
+    ood_episodes: int = field(200, help="episodes from the held-out layout families (split 'ood')")
+    policy: str = field("mixture", help="collection policy: random, epsilon_oracle or mixture")
+    epsilon: float = field(0.3, help="random-action probability of the epsilon_oracle policy")
+    num_envs: int = field(64, help="environments stepped together while collecting")
+    shard_steps: int = field(100_000, help="transitions per on-disk shard")
+    min_base_rate: float = field(0.01, help="warn about concepts rarer than this in the collected data")
+    split_fractions: tuple[float, ...] = field((0.8, 0.1, 0.1), help="train/val/test fractions of episodes")
+    path: str | None = field(None, help="use this existing dataset instead of collecting one")
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise ConfigError(f"data.episodes must be a positive integer, got {self.episodes}")
+        if self.ood_episodes < 0:
+            raise ConfigError(f"data.ood_episodes must be >= 0, got {self.ood_episodes}")
+        if self.num_envs < 1:
+            raise ConfigError(f"data.num_envs must be a positive integer, got {self.num_envs}")
+        if self.shard_steps < 1:
+            raise ConfigError(f"data.shard_steps must be a positive integer, got {self.shard_steps}")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ConfigError(f"data.epsilon must lie in [0, 1], got {self.epsilon}")
+        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) < 0:
+            raise ConfigError(f"data.split_fractions must be three non-negative numbers summing to 1, got {list(self.split_fractions)}")
+
+
+@dataclass(frozen=True)
+class DynamicsSection:
+    model: str = field("rssm", help="dynamics model: rssm, gru or spr")
+    hparams: dict = field(default_factory=dict, help="model hyperparameters, e.g. dynamics.hparams.deter=256")
+    max_steps: int = field(3000, help="optimizer steps")
+    max_time_s: float | None = field(None, help="stop training after this many seconds (null: no limit)")
+    batch_size: int = field(16, help="windows per batch")
+    window: int = field(32, help="time steps per training window")
+    lr: float = field(1e-3, help="AdamW learning rate")
+    grad_clip: float = field(100.0, help="gradient norm clip")
+    val_every: int = field(500, help="validate every this many optimizer steps")
+    resume: bool = field(False, help="continue a killed run from its last checkpoint")
+    accelerator: str = field("cpu", help="Lightning accelerator: cpu, gpu or auto")
+    devices: int = field(1, help="Lightning devices per node")
+    strategy: str = field("auto", help="Lightning strategy, e.g. ddp")
+    num_nodes: int = field(1, help="Lightning nodes")
+
+    def __post_init__(self) -> None:
+        for k in ("max_steps", "batch_size", "window", "val_every", "devices", "num_nodes"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"dynamics.{k} must be a positive integer, got {getattr(self, k)}")
+        if self.lr <= 0:
+            raise ConfigError(f"dynamics.lr must be positive, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class WandbSection:
+    mode: str = field("offline", help="offline (default), online (sync; needs an account) or disabled")
+    project: str = field("ontolab", help="wandb project name")
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("offline", "online", "disabled"):
+            raise ConfigError(f"wandb.mode must be offline, online or disabled, got {self.mode!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = field(0, help="seed of every random generator")
+    out: str = field("runs/default", help="output folder (a run folder for `run`, a dataset folder for `collect`)")
+    cache_dir: str | None = field(None, help="where finished stages are cached (default: a `cache` folder beside out)")
+    world: WorldSection = field(default_factory=WorldSection, help="the world")
+    data: DataSection = field(default_factory=DataSection, help="trajectory collection")
+    dynamics: DynamicsSection = field(default_factory=DynamicsSection, help="dynamics model training")
+    wandb: WandbSection = field(default_factory=WandbSection, help="experiment logging")
+
+    def world_params(self) -> Any:
+        """The world's parameters dataclass (already validated when the config was resolved)."""
+        return build(get_world(self.world.name).params_cls, self.world.params, "world.")
+
+
+ALIASES = {"world": "world.name", "episodes": "data.episodes", "data": "data.path", "dynamics": "dynamics.model"}
+
+
+def resolve(args: list[str], config_file: str | Path | None = None, base: Mapping[str, Any] | None = None) -> RunConfig:
+    """Defaults <- ``base`` <- YAML ``config_file`` <- ``key=value`` args, validated. Raises ConfigError."""
+    data: dict[str, Any] = dict(base or {})
+    if config_file is not None:
+        data = merge(data, load_yaml(config_file))
+    data = merge(data, parse_overrides(args, ALIASES))
+    world = data.get("world", {})
+    if isinstance(world, str):
+        world = {"name": world}
+    if isinstance(world, dict):  # flat world keys are world parameters
+        world = dict(world)
+        params = dict(world.pop("params", {}) or {})
+        params.update({k: v for k, v in world.items() if k != "name"})
+        data["world"] = {"name": world.get("name", WorldSection.name), "params": params}
+    cfg = build(RunConfig, data)
+    try:
+        get_world(cfg.world.name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    cfg.world_params()  # validates world.* keys against the registered parameters
+    return cfg
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` re-exported for config objects."""
+    return dataclasses.replace(cfg, **changes)

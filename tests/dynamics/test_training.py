@@ -1,0 +1,198 @@
+"""Training: windows and their order, the open-loop metric, determinism, the NaN guard, outputs, wandb."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from dynamics.training import NonFiniteError, fit_dynamics
+from dynamics.training.checkpoint import read_checkpoint
+from dynamics.training.data import InfiniteBatchSampler, InMemoryWindowSource, SplitStream, TrainWindows, WindowDataModule
+from dynamics.training.figures import render_rollout
+from dynamics.training.module import DynamicsModule, step_error
+from worlds.errors import OntolabError
+
+
+def _weights(path):
+    return read_checkpoint(path)["state_dict"]
+
+
+# -- data ------------------------------------------------------------------------------------------
+def test_stream_windows_equal_concatenated_episodes(kit, grid_source):
+    eps = kit.walk_episodes(16, 0)[:12]  # the train split of grid_source, rebuilt independently
+    ref = {k: np.concatenate([getattr(e, k) for e in eps]) for k in ("obs", "actions", "is_first")}
+    stream = SplitStream(grid_source, "train", 16)
+    assert stream.total == len(ref["obs"])
+    for offset in (0, 5, 17, stream.total - 16):
+        w = stream.read(offset)
+        for k in ref:
+            np.testing.assert_array_equal(w[k], ref[k][offset:offset + 16])
+    crossing = [o for o in range(stream.total - 16) if stream.read(o)["is_first"][1:].any()]
+    assert crossing, "some windows must span an episode boundary (is_first marks the reset)"
+
+
+def test_each_sampler_epoch_is_a_permutation_of_disjoint_windows(grid_source):
+    data = TrainWindows(SplitStream(grid_source, "train", 16), seed=7)
+    n, total = data.windows_per_epoch, data.stream.total
+    epochs = []
+    for e in range(3):
+        starts = np.array([data.start_of(e * n + s) for s in range(n)])
+        phase = data.plan(e)[0]
+        assert sorted(starts) == [phase + 16 * k for k in range(n)]  # every slot once, non-overlapping
+        assert starts.min() >= 0 and starts.max() + 16 <= total
+        epochs.append(starts)
+    assert not all(np.array_equal(epochs[0], x) for x in epochs[1:]), "epochs must be reshuffled"
+    again = TrainWindows(SplitStream(grid_source, "train", 16), seed=7)
+    assert [again.start_of(p) for p in range(2 * n)] == [data.start_of(p) for p in range(2 * n)]
+
+
+def test_batch_sampler_shards_global_batches_over_ranks():
+    it0, it1 = iter(InfiniteBatchSampler(4, 3, rank=0, world_size=2)), iter(InfiniteBatchSampler(4, 3, rank=1, world_size=2))
+    for g in (3, 4):
+        a, b = next(it0), next(it1)
+        assert sorted(a + b) == list(range(g * 8, g * 8 + 8))
+
+
+def test_datamodule_refuses_to_resume_with_other_settings(grid_source):
+    state = WindowDataModule(grid_source, window=16, batch_size=4, seed=1).state_dict()
+    WindowDataModule(grid_source, window=16, batch_size=4, seed=1).load_state_dict(state)
+    with pytest.raises(OntolabError, match="batch_size: checkpoint 4, now 8"):
+        WindowDataModule(grid_source, window=16, batch_size=8, seed=1).load_state_dict(state)
+
+
+def test_split_shorter_than_window_is_refused(grid_source):
+    with pytest.raises(OntolabError, match="fewer than one window of 100000"):
+        SplitStream(grid_source, "val", 100000)
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+def test_step_error_symbolic_is_one_minus_cell_accuracy():
+    true = torch.zeros(1, 1, 2, 3, 3)
+    true[..., 0, :, :] = 1  # every cell channel 0
+    logits = true.clone() * 5
+    logits[0, 0, 1, 0, 0] = logits[0, 0, 1, 2, 1] = 9  # two cells predicted as channel 1
+    assert step_error(logits, true, "symbolic").item() == pytest.approx(2 / 9)
+    assert step_error(torch.full((1, 1, 3), 0.5), torch.ones(1, 1, 3), "vector").item() == pytest.approx(0.25)
+    img = torch.full((1, 1, 3, 2, 2), 255, dtype=torch.uint8)
+    assert step_error(torch.ones(1, 1, 3, 2, 2), img, "image").item() == pytest.approx(0.0)
+
+
+def test_open_loop_error_matches_per_sample_rollouts(kit, grid_source):
+    torch.manual_seed(0)
+    model = kit.tiny_for(grid_source).eval()
+    module = DynamicsModule(model)
+    windows = [SplitStream(grid_source, "val", 20).read(o) for o in (0, 7, 20, 33)]
+    batch = {k: torch.as_tensor(np.stack([w[k] for w in windows])) for k in windows[0]}
+    assert batch["is_first"][:, 5:].any(), "the premise: some imagined span crosses a reset"
+    module.on_validation_epoch_start()
+    with torch.no_grad():
+        module._open_loop(batch["obs"], batch["actions"], batch["is_first"])
+    # reference: one rollout per sample and k, skipping spans that contain a reset
+    context = 20 - 15
+    for i, k in enumerate(module.open_loop_ks):
+        errs = []
+        for b in range(4):
+            if batch["is_first"][b, context:context + k].any():
+                continue
+            with torch.no_grad():
+                post = model.observe(batch["obs"][b:b + 1, :context], batch["actions"][b:b + 1, :context],
+                                     batch["is_first"][b:b + 1, :context])
+                imag = model.imagine(post.at((slice(None), -1)), batch["actions"][b:b + 1, context:context + k])
+                pred = model.decode(imag.at((slice(None), slice(-1, None))))
+            true = batch["obs"][b:b + 1, context + k - 1:context + k]
+            errs.append(1 - (pred.argmax(2) == true.argmax(2)).float().mean().item())
+        assert module._ol_count[i].item() == len(errs)
+        assert module._ol_sum[i].item() / max(len(errs), 1) == pytest.approx(np.mean(errs) if errs else 0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind,shape", [("symbolic", (2, 3, 3)), ("image", (3, 4, 4)), ("vector", (5,))])
+def test_render_rollout_gives_an_rgb_image(kind, shape):
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 2, (4, *shape)).astype(np.uint8 if kind != "vector" else np.float32)
+    image = render_rollout(true, rng.random((4, *shape)).astype(np.float32), kind, "t")
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and image.std() > 0
+
+
+# -- fitting ---------------------------------------------------------------------------------------
+def test_fit_learns_and_writes_its_outputs(kit, grid_source, tmp_path):
+    model = kit.tiny_for(grid_source)
+    val = SplitStream(grid_source, "val", 16)
+    batch = {k: torch.as_tensor(np.stack([val.read(o)[k] for o in (0, 16, 32)])) for k in ("obs", "actions", "is_first")}
+    torch.manual_seed(0)
+    with torch.no_grad():
+        before = model.loss(batch["obs"], batch["actions"], batch["is_first"]).loss.item()
+    result = fit_dynamics(model, grid_source, tmp_path, max_steps=60, val_every=25, seed=0, **kit.fast)
+    assert result.steps == 60 and result.val_loss < 0.7 * before
+    assert set(result.open_loop) == {1, 5, 15} and all(0 <= v <= 1 for v in result.open_loop.values())
+    assert result.best_checkpoint.is_file() and result.last_checkpoint.is_file()
+    assert result.train_seconds > 0 and result.transitions_per_s > 0
+    with pytest.raises(AttributeError):
+        result.steps = 1  # frozen
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["val_loss"] == pytest.approx(result.val_loss) and metrics["open_loop"]["15"] == result.open_loop[15]
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["dataset_fingerprint"] == grid_source.fingerprint and run["model"]["model"] == "tiny"
+    assert _weights(result.last_checkpoint)["model.dec.weight"].equal(model.dec.weight.detach())
+    with pytest.raises(OntolabError, match="already holds checkpoints; pass resume=True"):
+        fit_dynamics(kit.tiny_for(grid_source), grid_source, tmp_path, max_steps=5, val_every=5, **kit.fast)
+
+
+def test_same_seed_gives_identical_weights_other_seed_does_not(kit, grid_source, tmp_path):
+    runs = {}
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        runs[name] = _weights(fit_dynamics(kit.tiny_for(grid_source, seed=0), grid_source, tmp_path / name,
+                                           max_steps=20, val_every=10, seed=seed, **kit.fast).last_checkpoint)
+    assert all(torch.equal(runs["a"][k], runs["b"][k]) for k in runs["a"])
+    assert not all(torch.equal(runs["a"][k], runs["c"][k]) for k in runs["a"])
+
+
+class _NanAt(pl.Callback):
+    """At step ``step``: make the loss NaN (``"loss"``) or every gradient of one weight NaN (``"grad"``)."""
+
+    def __init__(self, step: int, what: str):
+        self.step, self.what, self.before = step, what, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step != self.step:
+            return
+        self.before = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+        if self.what == "loss":
+            pl_module.model.dec.bias.data[0] = float("nan")
+        else:
+            pl_module.model.enc[0].weight.register_hook(lambda g: g * float("nan"))
+
+
+@pytest.mark.parametrize("what", ["loss", "grad"])
+def test_guard_stops_before_a_nonfinite_update_and_keeps_the_good_checkpoint(kit, grid_source, tmp_path, what):
+    spy, model = _NanAt(12, what), kit.tiny_for(grid_source)
+    with pytest.raises(NonFiniteError, match="at global step 12"):
+        fit_dynamics(model, grid_source, tmp_path, max_steps=30, val_every=5, seed=0, callbacks=[spy], **kit.fast)
+    after = model.state_dict()
+    untouched = [k for k in after if not (what == "loss" and k == "dec.bias")]
+    assert all(torch.equal(after[k], spy.before[k]) for k in untouched), "the step must not be applied"
+    last = _weights(tmp_path / "checkpoints" / "last.ckpt")
+    assert all(torch.isfinite(v).all() for v in last.values())
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 10
+
+
+def test_guard_refuses_a_batch_with_nan_observations(kit, tmp_path):
+    eps = kit.walk_episodes(16, 1, vector=True)
+    eps[3].obs[4, 0] = np.nan
+    source = InMemoryWindowSource({"train": eps[:12], "val": eps[12:]},
+                                  {"shape": [2], "dtype": "float32", "obs_kind": "vector"}, {"kind": "discrete", "n": 5})
+    model = kit.tiny_for(kit.walk_source(vector=True))
+    with pytest.raises(NonFiniteError, match=r"train batch at global step \d+ has 1 non-finite values in 'obs'"):
+        fit_dynamics(model, source, tmp_path, max_steps=200, val_every=100, seed=0, **kit.fast)
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_is_written_inside_out_dir(kit, grid_source, tmp_path):
+    result = fit_dynamics(kit.tiny_for(grid_source), grid_source, tmp_path, max_steps=10, val_every=5, seed=0,
+                          **{**kit.fast, "logger": "wandb-offline"})
+    runs = list((tmp_path / "wandb").glob(f"offline-run-*-{result.wandb_run_id}"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.png")), "the offline run with its rollout picture"
+    assert json.loads((tmp_path / "run.json").read_text())["wandb_run_id"] == result.wandb_run_id

@@ -1,0 +1,77 @@
+"""The `ontolab` command through the real console script: bad input -> one line, exit 2, nothing touched."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ONTOLAB = shutil.which("ontolab") or str(Path(sys.executable).parent / "ontolab")
+
+
+def ontolab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, WANDB_MODE="offline", ONTOLAB_DEBUG="")
+    return subprocess.run([ONTOLAB, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def assert_refused(r: subprocess.CompletedProcess, needle: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    err = r.stderr.strip()
+    assert "Traceback" not in r.stderr
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("ontolab: error: ")
+    assert needle in err, err
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["collect", "world=nosuchworld"], "unknown world 'nosuchworld'; known worlds: "),
+        (["collect", "episodes=-3"], "data.episodes must be a positive integer"),
+        (["collect", "episodes=many"], "'data.episodes' must be an integer"),
+        (["collect", "data.nosuchkey=1"], "unknown config key 'data.nosuchkey'"),
+        (["collect", "world.nosuchparam=1"], "unknown config key 'world.nosuchparam'"),
+        (["collect", "seed=1", "episodes"], "must look like key=value"),
+        (["collect", "missing_config.yaml"], "does not exist"),
+        (["train", "data=/nonexistent/dataset"], "/nonexistent/dataset"),
+        (["train"], "needs a dataset"),
+        (["nosuchcommand"], "invalid choice"),
+        (["quickstart", "myconfig.yaml"], "takes only key=value overrides"),
+    ],
+)
+def test_bad_input_is_refused_in_one_line(tmp_path, args, needle):
+    r = ontolab(*args, f"out={tmp_path / 'out'}", cwd=tmp_path)
+    assert_refused(r, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("keep me")
+    r = ontolab("collect", "episodes=2", f"out={f}", cwd=tmp_path)
+    assert_refused(r, "is a file")
+    assert f.read_text() == "keep me"
+
+
+def test_malformed_yaml_is_refused(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("data: {episodes: [1\n")
+    r = ontolab("collect", str(cfg), f"out={tmp_path / 'out'}", cwd=tmp_path)
+    assert_refused(r, "is not valid YAML")
+
+
+def test_worlds_lists_every_world_and_concept(tmp_path):
+    r = ontolab("worlds", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for name in ("lavakeydoor", "pointmass", "has_key", "steps_to_goal", "in_hazard"):
+        assert name in r.stdout
+
+
+def test_help_lists_config_keys(tmp_path):
+    r = ontolab("--help", cwd=tmp_path)
+    assert r.returncode == 0
+    assert "data.episodes" in r.stdout and "world.name" in r.stdout
