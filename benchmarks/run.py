@@ -23,6 +23,16 @@ HERE = Path(__file__).resolve().parent
 REQUIRED = ("name", "ours", "peer", "ratio", "unit", "higher_is_better", "config")
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# Pin BLAS/OpenMP threads too (before numpy is imported), so that peers using numpy/scikit-learn are
+# not slowed by oversubscription while ours is pinned -- that would inflate every ratio.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, str(_cores()))
+
+
 def available() -> list[str]:
     return sorted(p.stem for p in HERE.glob("*.py") if p.stem not in ("run", "__init__") and not p.stem.startswith("_"))
 
@@ -50,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     # Oversubscribed threads made small models 7-44x slower here: one thread per core we may use.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(cores)
+    torch.set_num_threads(_cores())
     sys.path.insert(0, str(HERE.parent))
     spec = importlib.util.spec_from_file_location(f"benchmarks.{a.name}", HERE / f"{a.name}.py")
     mod = importlib.util.module_from_spec(spec)

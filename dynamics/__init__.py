@@ -1,1 +1,36 @@
-"""ontolab stage: dynamics."""
+"""dynamics: purely predictive models of observations given actions, and what a probe may read from them.
+
+Models never see rewards, values or concept labels. Training (Lightning) lives in
+``dynamics.training`` and is not imported here, so probes and planners never load Lightning.
+"""
+
+from dynamics.base import ActionSpec, DynamicsModel, LatentState, LossOutput, ObsSpec
+from dynamics.cache import SiteCache, collect_sites
+from dynamics.evaluate import OpenLoopReport, episode_windows, evaluate_open_loop
+from dynamics.gru import GRUConfig, GRUModel
+from dynamics.registry import build_model, model_config, model_names
+from dynamics.rssm import RSSM, RSSMConfig
+from dynamics.spr import SPRConfig, SPRModel, effective_rank
+
+__all__ = [
+    "ActionSpec",
+    "DynamicsModel",
+    "GRUConfig",
+    "GRUModel",
+    "LatentState",
+    "LossOutput",
+    "ObsSpec",
+    "OpenLoopReport",
+    "RSSM",
+    "RSSMConfig",
+    "SPRConfig",
+    "SPRModel",
+    "SiteCache",
+    "build_model",
+    "collect_sites",
+    "effective_rank",
+    "episode_windows",
+    "evaluate_open_loop",
+    "model_config",
+    "model_names",
+]

@@ -23,6 +23,7 @@ Discrete actions arrive as ``int64[b t]`` indices, continuous ones as ``float32[
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
@@ -50,6 +51,11 @@ class ObsSpec:
         if self.kind != "vector" and len(self.shape) != 3:
             raise ValueError(f"{self.kind} observations must have shape (c, h, w), got {self.shape}")
 
+    @classmethod
+    def from_manifest(cls, spec: Mapping[str, Any]) -> "ObsSpec":
+        """From a dataset manifest's ``obs_spec`` (``{"shape": [...], "obs_kind": ...}``)."""
+        return cls(tuple(int(s) for s in spec["shape"]), str(spec["obs_kind"]))
+
 
 @dataclass(frozen=True)
 class ActionSpec:
@@ -58,6 +64,13 @@ class ActionSpec:
     discrete: bool
     n: int = 0
     dim: int = 0
+
+    @classmethod
+    def from_manifest(cls, spec: Mapping[str, Any]) -> "ActionSpec":
+        """From a dataset manifest's ``action_spec`` (``{"kind": "discrete", "n": 5}`` or continuous with ``shape``)."""
+        if spec["kind"] == "discrete":
+            return cls(discrete=True, n=int(spec["n"]))
+        return cls(discrete=False, dim=int(math.prod(int(s) for s in spec["shape"])))
 
     @property
     def input_dim(self) -> int:

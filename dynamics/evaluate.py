@@ -25,21 +25,8 @@ import torch
 from torch import Tensor
 
 from dynamics.base import DynamicsModel, LatentState
+from worlds.estimate import Estimate
 from worlds.trajectory import Episode
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A pooled estimate with a 95% bootstrap interval over windows (``nan`` when nothing was counted)."""
-
-    estimate: float
-    lower: float
-    upper: float
-    count: int
-    """Number of cells (or elements) pooled."""
-
-    def __str__(self) -> str:
-        return f"{self.estimate:.4f} [{self.lower:.4f}, {self.upper:.4f}] (n={self.count})"
 
 
 @dataclass(frozen=True)
@@ -96,11 +83,11 @@ def _estimate(num: np.ndarray, den: np.ndarray, rng: np.random.Generator, resamp
     """Pooled ratio ``sum(num) / sum(den)`` over windows with a percentile bootstrap over windows."""
     total = float(den.sum())
     if total == 0:
-        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+        return Estimate(float("nan"), float("nan"), float("nan"), count=0)
     idx = rng.integers(0, len(num), size=(resamples, len(num)))
     boot = num[idx].sum(1) / np.maximum(den[idx].sum(1), 1e-12)
     lo, hi = np.percentile(boot, [2.5, 97.5])
-    return Estimate(float(num.sum() / total), float(lo), float(hi), int(total))
+    return Estimate(float(num.sum() / total), float(lo), float(hi), n_boot=resamples, n_groups=len(num), count=int(total))
 
 
 @torch.inference_mode()
@@ -129,7 +116,8 @@ def evaluate_open_loop(model: DynamicsModel, obs: Tensor, actions: Tensor, is_fi
             sl = slice(start, start + batch_size)
             o, a, f = (x[sl].to(device) for x in (obs, actions, is_first))
             post = model.observe(o[:, :context], a[:, :context], f[:, :context])
-            imagined = model.imagine(post.at((slice(None), -1)), a[:, context:context + h], sample=sample)
+            kw = {"sample": True} if sample else {}  # models without a stochastic state need not accept it
+            imagined = model.imagine(post.at((slice(None), -1)), a[:, context:context + h], **kw)
             pred = decode(imagined)[:, [k - 1 for k in horizons]]  # [b K *obs]
             truth = o[:, [context - 1 + k for k in horizons]]
             for key, value in _batch_stats(pred, truth, o[:, :context], spec.kind).items():

@@ -63,11 +63,11 @@ def observed_prefix(is_first: Tensor, generator: torch.Generator | None = None) 
 class GRUConfig:
     """Hyperparameters of :class:`GRUModel`."""
 
-    deter: int = 256
+    deter: int = 192
     """Width of the GRU state."""
-    hidden: int = 256
+    hidden: int = 192
     """Width of the hidden layers."""
-    embed: int = 256
+    embed: int = 192
     """Width of the observation embedding."""
     encoder: str = "auto"
     """``"auto"`` (MLP for small grids, conv otherwise), ``"mlp"`` or ``"conv"``."""

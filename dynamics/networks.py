@@ -165,9 +165,9 @@ def embed_actions(actions: Tensor, action_spec: ActionSpec) -> Tensor:
 
 def check_sequence(obs: Tensor, actions: Tensor, is_first: Tensor, obs_spec: ObsSpec, action_spec: ActionSpec) -> None:
     """Refuse sequences whose shapes disagree with the specs (one line naming what arrived)."""
-    b, t = is_first.shape[:2] if is_first.dim() == 2 else (None, None)
-    if b is None:
+    if is_first.dim() != 2:
         raise ValueError(f"is_first must have shape [b t], got {tuple(is_first.shape)}")
+    b, t = is_first.shape
     if tuple(obs.shape) != (b, t, *obs_spec.shape):
         raise ValueError(f"obs must have shape {(b, t, *obs_spec.shape)}, got {tuple(obs.shape)}")
     want = (b, t) if action_spec.discrete else (b, t, action_spec.dim)

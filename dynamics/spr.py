@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import Tensor, nn
+from torch import Tensor
 
 from dynamics.base import ActionSpec, DynamicsModel, LatentState, LossOutput, ObsSpec
 from dynamics.gru import BlankableGRU, observed_prefix
@@ -59,9 +59,9 @@ def vicreg_terms(z: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
 class SPRConfig:
     """Hyperparameters of :class:`SPRModel`."""
 
-    deter: int = 256
+    deter: int = 192
     """Width of the GRU state."""
-    hidden: int = 256
+    hidden: int = 192
     """Width of the hidden layers."""
     embed: int = 128
     """Width of the observation embedding (the latent that is predicted)."""

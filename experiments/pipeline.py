@@ -128,7 +128,7 @@ def build_summary(cfg: RunConfig, data_path: Path, stages: dict[str, StageResult
         "dynamics": {
             "model": cfg.dynamics.model,
             "val_loss": metrics.get("val_loss"),
-            "open_loop_error": {str(k): v for k, v in (metrics.get("open_loop_error") or {}).items()},
+            "open_loop_error": {str(k): v for k, v in sorted((metrics.get("open_loop") or {}).items(), key=lambda kv: int(kv[0]))},
         },
         "probes": [],
         "ontology": {},

@@ -90,11 +90,16 @@ class WandbSection:
 class RunConfig:
     seed: int = field(0, help="seed of every random generator")
     out: str = field("runs/default", help="output folder (a run folder for `run`, a dataset folder for `collect`)")
+    threads: int | None = field(None, help="torch CPU threads (default: the cores this process may use)")
     cache_dir: str | None = field(None, help="where finished stages are cached (default: a `cache` folder beside out)")
     world: WorldSection = field(default_factory=WorldSection, help="the world")
     data: DataSection = field(default_factory=DataSection, help="trajectory collection")
     dynamics: DynamicsSection = field(default_factory=DynamicsSection, help="dynamics model training")
     wandb: WandbSection = field(default_factory=WandbSection, help="experiment logging")
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be a positive integer or null, got {self.threads}")
 
     def world_params(self) -> Any:
         """The world's parameters dataclass (already validated when the config was resolved)."""
@@ -124,6 +129,12 @@ def resolve(args: list[str], config_file: str | Path | None = None, base: Mappin
     except ValueError as e:
         raise ConfigError(str(e)) from None
     cfg.world_params()  # validates world.* keys against the registered parameters
+    from dynamics.registry import model_config
+
+    try:
+        model_config(cfg.dynamics.model, **cfg.dynamics.hparams)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"dynamics: {e}") from None
     return cfg
 
 

@@ -1,1 +1,63 @@
-"""ontolab stage: probes."""
+"""probes: map latent states onto human concepts (ontology identification), and measure how far to trust it.
+
+Fitters (``fit`` / ``update`` + ``finish``) produce small frozen probes that predict, expose a
+direction where the method has one, move between devices and save without pickle. The measurement
+side -- metrics with bootstrap CIs over episodes, control tasks, MDL, LEACE erasure -- takes plain
+predictions, so any method plugs in.
+"""
+
+from probes.base import Probe, ProbeError, ProbeFitter
+from probes.control import control_labels, observation_types, selectivity
+from probes.erasure import Eraser, fit_leace, leace_erase, random_subspace_erase
+from probes.linear import GridResult, LinearFitter, LinearProbe, choose_lambda, fit_grid
+from probes.mdl import MDLResult, online_codelength
+from probes.metrics import concept_metrics, metric_names, prior_baseline
+from probes.mlp import MLPFitter, MLPProbe
+from probes.normalize import Normalizer, NormalizerFitter
+from probes.registry import hparam_names, make_fitter, method_names
+from probes.results import ResultRow, read_results_csv, write_results_csv
+from probes.sae import SAEFitter, SAEProbe, SAEProbeFitter, SparseAutoencoder
+from probes.sparse import SparseFitter, SparseProbe
+from probes.stats import Estimate, bootstrap, bootstrap_seeds, combine_seeds
+
+__all__ = [
+    "Eraser",
+    "Estimate",
+    "GridResult",
+    "LinearFitter",
+    "LinearProbe",
+    "MDLResult",
+    "MLPFitter",
+    "MLPProbe",
+    "Normalizer",
+    "NormalizerFitter",
+    "Probe",
+    "ProbeError",
+    "ProbeFitter",
+    "ResultRow",
+    "SAEFitter",
+    "SAEProbe",
+    "SAEProbeFitter",
+    "SparseAutoencoder",
+    "SparseFitter",
+    "SparseProbe",
+    "bootstrap",
+    "bootstrap_seeds",
+    "choose_lambda",
+    "combine_seeds",
+    "concept_metrics",
+    "control_labels",
+    "fit_grid",
+    "fit_leace",
+    "hparam_names",
+    "leace_erase",
+    "make_fitter",
+    "method_names",
+    "observation_types",
+    "online_codelength",
+    "prior_baseline",
+    "random_subspace_erase",
+    "read_results_csv",
+    "selectivity",
+    "write_results_csv",
+]

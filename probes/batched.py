@@ -73,17 +73,24 @@ class GLM:
 
     def __post_init__(self) -> None:
         self.n, self.p1 = self.z1.shape
+        self._t = self.targets.T.contiguous()  # [m n]: reductions over n run along contiguous memory
         if self.kind == "categorical":
             kc = self.num_classes if self.num_classes is not None else torch.full((self.targets.shape[1],), self.k)
             self.mask = torch.arange(self.k, device=self.z1.device)[None, :] >= kc.to(self.z1.device)[:, None]  # [m k]
-            self.onehot = torch.nn.functional.one_hot(self.targets, self.k).to(self.z1.dtype)  # [n m k]
         pen = torch.ones(self.k, self.p1, dtype=torch.bool, device=self.z1.device)
         pen[:, -1] = False
         self.penalised = pen.flatten()  # [p], p = k (d+1)
+        self._cache: tuple[Tensor, Tensor] | None = None
 
     @property
     def num_params(self) -> int:
         return self.k * self.p1
+
+    def _targets(self, idx: Tensor) -> Tensor:
+        """``[m' n]`` targets of problems ``idx`` (cached: the active set rarely changes)."""
+        if self._cache is None or self._cache[0].shape != idx.shape or not torch.equal(self._cache[0], idx):
+            self._cache = (idx, self._t[idx])
+        return self._cache[1]
 
     def __call__(self, theta: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         """``theta [m' k(d+1)]`` for problems ``idx [m']`` -> ``(loss [m'] float64, grad [m' k(d+1)])``.
@@ -92,21 +99,22 @@ class GLM:
         """
         n, z1 = self.n, self.z1
         w = einops.rearrange(theta, "m (k p) -> (m k) p", k=self.k)
-        s = z1 @ w.T  # [n (m k)], the one GEMM forward
+        s = w @ z1.T  # [(m k) n], the one GEMM forward
+        t = self._targets(idx)
         if self.kind == "binary":
-            t = self.targets[:, idx]
-            loss = (torch.nn.functional.softplus(s) - t * s).sum(0, dtype=torch.float64) / n
+            loss = (torch.nn.functional.softplus(s) - t * s).sum(1, dtype=torch.float64) / n
             r = torch.sigmoid(s) - t
         elif self.kind == "scalar":
-            r = s - self.targets[:, idx]
-            loss = 0.5 * (r * r).sum(0, dtype=torch.float64) / n
+            r = s - t
+            loss = 0.5 * (r * r).sum(1, dtype=torch.float64) / n
         else:
-            s = einops.rearrange(s, "n (m k) -> n m k", k=self.k).masked_fill(self.mask[idx], -torch.inf)
-            lse = torch.logsumexp(s, -1)
-            oh = self.onehot[:, idx]
-            loss = (lse - (s.masked_fill(self.mask[idx], 0) * oh).sum(-1)).sum(0, dtype=torch.float64) / n
-            r = einops.rearrange(torch.exp(s - lse[..., None]) - oh, "n m k -> n (m k)")
-        g = einops.rearrange(r.T @ z1 / n, "(m k) p -> m (k p)", k=self.k)  # the one GEMM backward
+            s = einops.rearrange(s, "(m k) n -> m k n", k=self.k).masked_fill(self.mask[idx][:, :, None], -torch.inf)
+            lse = torch.logsumexp(s, 1)  # [m n]
+            loss = (lse - s.gather(1, t[:, None, :])[:, 0]).sum(1, dtype=torch.float64) / n
+            r = torch.exp(s - lse[:, None, :])
+            r.scatter_add_(1, t[:, None, :], torch.full_like(r[:, :1], -1.0))  # softmax - one-hot
+            r = einops.rearrange(r, "m k n -> (m k) n")
+        g = einops.rearrange(r @ z1 / n, "(m k) p -> m (k p)", k=self.k)  # the one GEMM backward
         pen = theta * self.penalised
         l2 = self.l2[idx][:, None]
         return loss + 0.5 * l2[:, 0].double() * (pen * pen).sum(1, dtype=torch.float64), g + l2 * pen
@@ -123,8 +131,15 @@ def default_tol(dtype: torch.dtype) -> float:
 
 
 def lbfgs(fun: Objective, theta0: Tensor, *, max_iter: int = 1000, tol: float | None = None,
-          history: int = 10) -> tuple[Tensor, Tensor]:
+          history: int = 10, curv: Tensor | None = None, l2: Tensor | None = None,
+          penalised: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Batched L-BFGS with a per-problem backtracking (Armijo) line search.
+
+    Initial inverse Hessian: ``gamma I`` (the usual scaling) or, given the design's curvature per
+    coordinate ``curv [p]`` (the eigenvalues of ``Z^T Z / n`` when solving in its eigenbasis), the
+    diagonal ``1 / (c_j curv + l2_j penalised)`` with ``c_j`` (the mean GLM weight ``p(1-p)``)
+    re-estimated from each curvature pair -- a preconditioner that makes the batched solve converge
+    in far fewer iterations on correlated latents.
 
     ``theta0 [m p]``; stops a problem when ``max |grad| <= tol``, when its loss stops changing
     (relative change below 10 float64 epsilons), or when its line search fails. Finished problems
@@ -142,7 +157,11 @@ def lbfgs(fun: Objective, theta0: Tensor, *, max_iter: int = 1000, tol: float | 
     ss: list[Tensor] = []
     ys: list[Tensor] = []
     rhos: list[Tensor] = []
-    gamma = torch.ones(m, 1, dtype=theta.dtype, device=theta.device)
+    gamma = torch.ones(m, 1, dtype=theta.dtype, device=theta.device)  # gamma, or c_j with curv
+    if curv is not None:
+        gamma = gamma * 0.25
+        l2c, pen = l2.to(theta.dtype)[:, None], penalised.to(theta.dtype)[None, :]
+        curv = curv.to(theta.dtype)[None, :]
     for _ in range(max_iter):
         # 1. retire problems whose gradient is small enough
         small = g.abs().amax(1) <= tol
@@ -152,6 +171,8 @@ def lbfgs(fun: Objective, theta0: Tensor, *, max_iter: int = 1000, tol: float | 
             theta[act[small]] = x[small]
             act, x, f, g, gamma = act[keep], x[keep], f[keep], g[keep], gamma[keep]
             ss, ys, rhos = [t[keep] for t in ss], [t[keep] for t in ys], [t[keep] for t in rhos]
+            if curv is not None:
+                l2c = l2c[keep]
         if act.numel() == 0:
             break
         # 2. two-loop recursion: d = -H g (pairs with rho = 0 are inert)
@@ -160,13 +181,13 @@ def lbfgs(fun: Objective, theta0: Tensor, *, max_iter: int = 1000, tol: float | 
             a = r_ * (s_ * q).sum(1, keepdim=True)
             q -= a * y_
             alphas.append(a)
-        r = gamma * q
+        r = gamma * q if curv is None else q / (gamma * curv + l2c * pen)
         for s_, y_, r_, a in zip(ss, ys, rhos, reversed(alphas)):
             r += s_ * (a - r_ * (y_ * r).sum(1, keepdim=True))
         d = -r
         gd = (g * d).sum(1, dtype=torch.float64)
         bad = gd >= 0  # not a descent direction: fall back to steepest descent
-        d[bad], gd[bad] = -g[bad], -(g[bad] * g[bad]).sum(1)
+        d[bad], gd[bad] = -g[bad], -(g[bad] * g[bad]).sum(1, dtype=torch.float64)
         # 3. backtracking line search, all active problems evaluated together
         t = torch.ones_like(f, dtype=x.dtype)
         ok = torch.zeros_like(done[: act.numel()])
@@ -182,7 +203,11 @@ def lbfgs(fun: Objective, theta0: Tensor, *, max_iter: int = 1000, tol: float | 
         sy = (s_ * y_).sum(1, keepdim=True)
         good = sy > 1e-12 * (s_ * s_).sum(1, keepdim=True).sqrt() * (y_ * y_).sum(1, keepdim=True).sqrt()
         rho = torch.where(good, 1.0 / sy.clamp_min(torch.finfo(sy.dtype).tiny), torch.zeros_like(sy))
-        gamma = torch.where(good, sy / (y_ * y_).sum(1, keepdim=True).clamp_min(torch.finfo(sy.dtype).tiny), gamma)
+        if curv is None:
+            gamma = torch.where(good, sy / (y_ * y_).sum(1, keepdim=True).clamp_min(torch.finfo(sy.dtype).tiny), gamma)
+        else:  # s^T y ~= s^T (c curv + l2) s  ->  c
+            c = (sy - l2c * (s_ * s_ * pen).sum(1, keepdim=True)) / (s_ * s_ * curv).sum(1, keepdim=True).clamp_min(1e-30)
+            gamma = torch.where(good, c.clamp(1e-6, 1.0), gamma)
         ss, ys, rhos = (ss + [s_])[-history:], (ys + [y_])[-history:], (rhos + [rho])[-history:]
         stalled = ~ok | ((f - fn).abs() <= ftol * fn.abs().clamp_min(1.0))
         x, f, g = torch.where(ok[:, None], xn, x), torch.where(ok, fn, f), torch.where(ok[:, None], gn, g)
@@ -192,6 +217,8 @@ def lbfgs(fun: Objective, theta0: Tensor, *, max_iter: int = 1000, tol: float | 
             keep = ~stalled
             act, x, f, g, gamma = act[keep], x[keep], f[keep], g[keep], gamma[keep]
             ss, ys, rhos = [t_[keep] for t_ in ss], [t_[keep] for t_ in ys], [t_[keep] for t_ in rhos]
+            if curv is not None:
+                l2c = l2c[keep]
             if act.numel() == 0:
                 break
     theta[act] = x

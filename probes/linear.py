@@ -75,7 +75,13 @@ def fit_linear_batch(z: Tensor, concepts: Sequence[Concept], ys: Sequence[Tensor
         for j, i in enumerate(groups["scalar"]):
             for l in range(L):
                 out[i][l] = (w[j, l][None], b[j, l][None])
-    z1 = augment(z)
+    if not (groups["binary"] or groups["categorical"]):
+        return out
+    # Solve in the eigenbasis of Z^T Z / n (a rotation: the L2 penalty is unchanged), where the
+    # design's curvature is diagonal and preconditions L-BFGS; rotate the weights back at the end.
+    zc = z - z.mean(0)
+    evals, vecs = torch.linalg.eigh(zc.T @ zc / n)
+    z1 = augment(z @ vecs)
     for kind in ("binary", "categorical"):
         idx = groups[kind]
         if not idx:
@@ -87,8 +93,10 @@ def fit_linear_batch(z: Tensor, concepts: Sequence[Concept], ys: Sequence[Tensor
         l2 = lambdas.repeat(len(idx)).to(z.dtype)
         glm = GLM(kind, z1, targets, l2, k=k, num_classes=ncls)
         theta0 = _init_theta(kind, targets, d + 1, k, z.dtype)
-        theta, _ = lbfgs(glm, theta0, max_iter=max_iter, tol=tol)
+        curv = torch.cat([evals.clamp_min(0), evals.new_ones(1)]).repeat(k)  # [k (d+1)]
+        theta, _ = lbfgs(glm, theta0, max_iter=max_iter, tol=tol, curv=curv, l2=l2, penalised=glm.penalised)
         theta = theta.reshape(len(idx), L, k, d + 1)
+        theta[..., :d] = theta[..., :d] @ vecs.T  # back to the standardised-latent basis
         for j, i in enumerate(idx):
             kc = concepts[i].num_classes if kind == "categorical" else 1
             for l in range(L):

@@ -163,7 +163,8 @@ def render(node: Node | Constraint) -> str:
         left, right = render(node.left), render(node.right)
         ll, rl = _level(node.left), _level(node.right)
         if node.op == "**":  # right-associative; a unary minus may stand on the right (2 ** -1)
-            wrap_left, wrap_right = ll <= level, rl < level and not (isinstance(node.right, Unary) and node.right.op == "-")
+            negated = isinstance(node.right, Unary) and node.right.op == "-"
+            wrap_left, wrap_right = ll <= level, rl < level and not negated
         elif node.op in COMPARISONS:  # comparisons do not chain
             wrap_left, wrap_right = ll <= level, rl <= level
         else:  # left-associative

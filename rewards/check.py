@@ -21,7 +21,7 @@ from typing import Literal
 from rewards.ast import (ARITHMETIC, COMPARISONS, LOGICAL, Binary, Call, ClassName, Constraint, Name, Node, Number,
                          Prob, Unary)
 from rewards.errors import RewardError
-from worlds.concepts import ConceptSchema
+from worlds.concepts import Concept, ConceptSchema
 
 Type = Literal["bool", "prob", "num", "cat", "class"]
 _NUMERIC = ("bool", "prob", "num")
@@ -49,7 +49,7 @@ class _Checker:
         return {"bool": "a condition (0/1)", "prob": "a probability", "num": "a number",
                 "cat": "a categorical value", "class": "a class name"}[ty]
 
-    def concept(self, name: str, node: Node):
+    def concept(self, name: str, node: Node) -> Concept:
         if name in self.schema:
             return self.schema[name]
         owners = [c.name for c in self.schema if c.kind == "categorical" and name in c.classes]
@@ -62,7 +62,8 @@ class _Checker:
         ty = self.check(node)
         if ty == "cat":
             raise self.error(f"{what} needs a number, got {self.describe(node, ty)}", node,
-                             f'compare it to a class name, e.g. {getattr(node, "name", "x")} == "{self.first_class(node)}"')
+                             f'compare it to a class name, e.g. {getattr(node, "name", "x")} == '
+                             f'"{self.first_class(node)}"')
         if ty == "class":
             raise self.error(f"{what} needs a number, got class name {node.value!r}", node,  # type: ignore[union-attr]
                              "a class name can only be compared to its categorical concept with == or !=")
@@ -132,9 +133,10 @@ class _Checker:
             return "bool"
         if "class" in (lt, rt) and "cat" in (lt, rt) and node.op in ("==", "!="):
             name, cls = (node.left, node.right) if lt == "cat" else (node.right, node.left)
-            concept = self.schema[name.name]  # type: ignore[union-attr]
-            if cls.value not in concept.classes:  # type: ignore[union-attr]
-                raise self.error(f"categorical concept {concept.name!r} has no class {cls.value!r}", cls,  # type: ignore[union-attr]
+            assert isinstance(name, Name) and isinstance(cls, ClassName)
+            concept = self.schema[name.name]
+            if cls.value not in concept.classes:
+                raise self.error(f"categorical concept {concept.name!r} has no class {cls.value!r}", cls,
                                  f"classes are: {', '.join(concept.classes)}")
             return "bool"
         if lt == rt == "cat" and node.op in ("==", "!="):

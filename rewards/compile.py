@@ -170,7 +170,8 @@ class CompiledReward:
             t = source(use.name, use.mode)
         else:
             if use not in source:
-                raise ValueError(f"concept dict lacks {tuple(use)}; it needs keys {sorted(tuple(u) for u in self.uses)}")
+                needed = sorted(tuple(u) for u in self.uses)
+                raise ValueError(f"concept dict lacks {tuple(use)}; it needs keys {needed}")
             t = source[use]
         t = torch.as_tensor(t)
         concept = self.schema[use.name]

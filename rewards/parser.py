@@ -28,8 +28,8 @@ Precedence and associativity follow Python (``not a == b`` is ``not (a == b)``, 
 The parser is a hand-written Pratt parser over :func:`rewards.lexer.tokenize`. User text is never
 handed to ``eval``/``exec``/``compile``/``ast`` (that would run or accept arbitrary Python), and no
 parsing library is a dependency: the grammar is small enough that a direct parser is shorter than
-a grammar file and gives exact error columns. Nesting is capped (:data:`MAX_DEPTH`, :data:`MAX_TREE_DEPTH`) so deep input
-raises :class:`RewardError` rather than ``RecursionError``.
+a grammar file and gives exact error columns. Nesting is capped (:data:`MAX_DEPTH`,
+:data:`MAX_TREE_DEPTH`) so deep input raises :class:`RewardError` rather than ``RecursionError``.
 """
 
 from __future__ import annotations
@@ -165,9 +165,9 @@ class _Parser:
         lo, hi = _ARITY[name.text]
         if len(args) < lo or (hi is not None and len(args) > hi):
             want = f"{lo}" if lo == hi else f"at least {lo}"
+            usage = {"clip": "clip(x, lo, hi)", "abs": "abs(x)"}.get(name.text, f"{name.text}(a, b, ...)")
             raise self.error(f"{name.text}() takes {want} argument{'s' if want != '1' else ''}, got {len(args)}",
-                             name, {"clip": "write clip(x, lo, hi)", "abs": "write abs(x)"}.get(name.text,
-                                                                                               f"write {name.text}(a, b, ...)"))
+                             name, f"write {usage}")
         return Call(name.text, tuple(args), name.pos), depth + 1
 
     def prob(self, name: Token, opened: Token) -> tuple[Node, int]:

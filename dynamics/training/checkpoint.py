@@ -213,8 +213,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
         fsync_dir(path.parent)
 
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        """Verified load; ``weights_only`` is ignored: it is always ``True``."""
+    def load_checkpoint(self, path: Any, map_location: Any = "cpu", weights_only: bool | None = None) -> dict[str, Any]:
+        """Verified load (to CPU by default, as Lightning's); ``weights_only`` is ignored: it is always ``True``."""
         return read_checkpoint(path, map_location=map_location)
 
     def remove_checkpoint(self, path: Any) -> None:

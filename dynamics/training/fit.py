@@ -24,7 +24,6 @@ import os
 import platform
 import secrets
 import string
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +80,24 @@ def _code_version() -> dict[str, Any]:
     return code_version()
 
 
+def _check_specs(model: DynamicsModel, data: WindowSource) -> None:
+    """Fail before training if the dataset's specs (manifest-style dicts) disagree with the model's."""
+    obs, act = data.obs_spec, data.action_spec
+    if isinstance(obs, Mapping) and "shape" in obs:
+        theirs = (tuple(int(s) for s in obs["shape"]), obs.get("obs_kind", model.obs_spec.kind))
+        if theirs != (tuple(model.obs_spec.shape), model.obs_spec.kind):
+            raise OntolabError(f"the dataset holds {theirs[1]} observations of shape {theirs[0]}, the model expects "
+                               f"{model.obs_spec.kind} {tuple(model.obs_spec.shape)}; build the model from the dataset's specs")
+    if isinstance(act, Mapping) and act.get("kind") in ("discrete", "continuous"):
+        discrete = act["kind"] == "discrete"
+        size = int(act["n"]) if discrete else math.prod(int(s) for s in act["shape"])
+        mine = model.action_spec.n if model.action_spec.discrete else model.action_spec.dim
+        if (discrete, size) != (model.action_spec.discrete, mine):
+            raise OntolabError(f"the dataset's actions are {act['kind']} of size {size}, the model's "
+                               f"{'discrete' if model.action_spec.discrete else 'continuous'} of size {mine}; "
+                               "build the model from the dataset's specs")
+
+
 def _make_logger(kind: str, out: Path, project: str, run_id: str | None, name: str | None) -> Any:
     if kind == "none":
         return False
@@ -126,6 +143,7 @@ def fit_dynamics(
         raise OntolabError(f"max_time_s must be a positive number of seconds or None, got {max_time_s!r}")
     if grad_clip is not None and not grad_clip > 0:
         raise OntolabError(f"grad_clip must be positive or None, got {grad_clip!r}")
+    _check_specs(model, data)
     out = Path(out_dir)
     ckpt_dir = out / "checkpoints"
     settings = {k: v if isinstance(v, (str, int, float, bool, type(None), list, tuple)) else repr(v)
@@ -180,7 +198,8 @@ def fit_dynamics(
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
-            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")  # num_workers=0 is deliberate
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             if module.last_val_step != trainer.global_step:
                 trainer.validate(module, datamodule=datamodule, verbose=False)

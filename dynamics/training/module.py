@@ -149,7 +149,8 @@ class DynamicsModule(pl.LightningModule):
             count = self.trainer.strategy.reduce(self._ol_count, reduce_op="sum")
             for i, k in enumerate(self.open_loop_ks):
                 if count[i] > 0:
-                    self.log(f"val/open_loop_{k}", (total[i] / count[i]).float())
+                    # already summed over ranks; sync_dist only averages identical values (and keeps Lightning quiet)
+                    self.log(f"val/open_loop_{k}", (total[i] / count[i]).float(), sync_dist=True)
         if not self.trainer.sanity_checking:
             self.last_val_step = int(self.trainer.global_step)
             self._log_picture()

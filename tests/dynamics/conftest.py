@@ -174,7 +174,7 @@ def vector_source() -> InMemoryWindowSource:
     return walk_source(seed=1, vector=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def kit() -> SimpleNamespace:
     """The plain helpers of this file (test modules must not ``import conftest``: the name is ambiguous)."""
     return SimpleNamespace(TinyModel=TinyModel, build_tiny=build_tiny, walk_episodes=walk_episodes,

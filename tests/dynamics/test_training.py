@@ -11,7 +11,8 @@ import torch
 
 from dynamics.training import NonFiniteError, fit_dynamics
 from dynamics.training.checkpoint import read_checkpoint
-from dynamics.training.data import InfiniteBatchSampler, InMemoryWindowSource, SplitStream, TrainWindows, WindowDataModule
+from dynamics.training.data import (InfiniteBatchSampler, InMemoryWindowSource, SplitStream, TrainWindows,
+                                    WindowDataModule, WindowSource)
 from dynamics.training.figures import render_rollout
 from dynamics.training.module import DynamicsModule, step_error
 from worlds.errors import OntolabError
@@ -196,3 +197,29 @@ def test_wandb_offline_run_is_written_inside_out_dir(kit, grid_source, tmp_path)
     runs = list((tmp_path / "wandb").glob(f"offline-run-*-{result.wandb_run_id}"))
     assert len(runs) == 1 and any(runs[0].rglob("*.png")), "the offline run with its rollout picture"
     assert json.loads((tmp_path / "run.json").read_text())["wandb_run_id"] == result.wandb_run_id
+
+
+def test_fit_reads_an_on_disk_trajectory_dataset(kit, tmp_path):
+    dataset = pytest.importorskip("worlds.dataset")
+    from worlds.concepts import ConceptSchema
+
+    spec = {"shape": [2, 3, 3], "dtype": "uint8", "obs_kind": "symbolic"}
+    with dataset.DatasetWriter(tmp_path / "data", world_name="walk", schema=ConceptSchema(()), obs_spec=spec,
+                               action_spec={"kind": "discrete", "n": 5}, families=["grid"],
+                               split_fractions=(0.6, 0.4, 0.0)) as writer:
+        for episode in kit.walk_episodes(20, 3):
+            writer.add(episode)
+    with dataset.TrajectoryDataset.open(tmp_path / "data") as data:
+        assert isinstance(data, WindowSource)
+        memory = InMemoryWindowSource({s: [data.episode(int(i)) for i in data.episode_ids(s)] for s in ("train", "val")},
+                                      spec, data.action_spec)
+        disk = SplitStream(data, "train", 16)
+        assert all(np.array_equal(disk.read(o)["obs"], SplitStream(memory, "train", 16).read(o)["obs"]) for o in (0, 21, 40))
+        result = fit_dynamics(kit.tiny_for(memory), data, tmp_path / "run", max_steps=6, val_every=3, seed=0, **kit.fast)
+    assert result.steps == 6 and np.isfinite(result.val_loss)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["dataset_fingerprint"] == data.fingerprint
+
+
+def test_fit_refuses_a_model_built_for_other_specs(kit, grid_source, vector_source, tmp_path):
+    with pytest.raises(OntolabError, match=r"the dataset holds vector observations of shape \(2,\), the model expects symbolic"):
+        fit_dynamics(kit.tiny_for(grid_source), vector_source, tmp_path, max_steps=2, val_every=1, **kit.fast)

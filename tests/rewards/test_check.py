@@ -114,7 +114,8 @@ def test_reward_error_is_an_ontolab_value_error():
 
 
 def test_spec_concepts_lists_uses_with_modes():
-    spec = RewardSpec("at_goal - 10 * in_lava", ("p(in_lava) < 0.05", "never room == 'hall'", "never p(room == 'left')"))
+    spec = RewardSpec("at_goal - 10 * in_lava",
+                      ("p(in_lava) < 0.05", "never room == 'hall'", "never p(room == 'left')"))
     assert spec.concepts() == {ConceptUse("at_goal", "value"), ConceptUse("in_lava", "value"),
                                ConceptUse("in_lava", "prob"), ConceptUse("room", "value"), ConceptUse("room", "prob")}
     assert RewardSpec("-0.01").concepts() == frozenset()

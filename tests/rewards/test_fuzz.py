@@ -144,7 +144,8 @@ def bool_tree(depth: int) -> st.SearchStrategy[Node]:
     """Well-typed 0/1 conditions over SCHEMA."""
     cats = st.sampled_from([Name("c0"), Name("c1")])
     leaves = st.one_of(st.sampled_from([Name("b0"), Name("b1")]),
-                       st.builds(Binary, st.sampled_from(["==", "!="]), cats, st.builds(ClassName, st.sampled_from(CLASSES))),
+                       st.builds(Binary, st.sampled_from(["==", "!="]), cats,
+                                 st.builds(ClassName, st.sampled_from(CLASSES))),
                        st.builds(Binary, st.sampled_from(["==", "!="]), cats, cats))
     if depth == 0:
         return leaves

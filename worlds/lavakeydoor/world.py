@@ -108,6 +108,28 @@ def make_schema(p: LavaKeyDoorParams) -> ConceptSchema:
     ))
 
 
+@dataclass(frozen=True)
+class LavaKeyDoorState:
+    """Full state of every env (copies): what :meth:`LavaKeyDoor.get_state` returns and ``set_state`` takes."""
+
+    cells: np.ndarray
+    """``int8[n s s]`` current cell codes (a picked-up key is gone, an opened door is ``door_open``)."""
+    pos: np.ndarray
+    """``int64[n 2]`` agent (row, col)."""
+    has_key: np.ndarray
+    """``bool[n]``."""
+    door_open: np.ndarray
+    """``bool[n]``."""
+    t: np.ndarray
+    """``int64[n]`` steps since the episode started."""
+    family: np.ndarray
+    """``int64[n]`` index into ``FAMILIES``."""
+    values: np.ndarray
+    """``int32[n 3 s s]`` steps-to-goal maps (see :class:`~worlds.lavakeydoor.layout.Layouts`)."""
+    lava_dist: np.ndarray
+    """``int32[n s s]`` Manhattan distance to the nearest lava cell."""
+
+
 class LavaKeyDoor(VectorWorld):
     """``num_envs`` lava-key-door gridworlds (see the module docstring for the rules)."""
 
@@ -302,6 +324,29 @@ class LavaKeyDoor(VectorWorld):
         value = self._values[env, state, new_pos[:, 0], new_pos[:, 1]].astype(np.int64)
         value = np.where(moved & (code == L.LAVA), L.UNREACHABLE + 1, value)
         return value.reshape(n, 5).argmin(1).astype(np.int64)
+
+    # ------------------------------------------------------------------ state access (planning oracle, tests)
+
+    def get_state(self) -> LavaKeyDoorState:
+        """A copy of every env's full state."""
+        return LavaKeyDoorState(self.grid(), self._pos.copy(), self._has_key.copy(), self._door_open.copy(),
+                                self._t.copy(), self._family.copy(), self._values.copy(), self._lava_dist.copy())
+
+    def set_state(self, state: LavaKeyDoorState) -> np.ndarray:
+        """Overwrite every env's state (copies are taken); returns the observations ``[n *obs]``."""
+        n, s, p = self.num_envs, self.params.size, self._pad
+        if np.shape(state.cells) != (n, s, s) or np.shape(state.pos) != (n, 2) or np.shape(state.values) != (n, 3, s, s):
+            raise ValueError(f"state must have cells ({n}, {s}, {s}), pos ({n}, 2) and values ({n}, 3, {s}, {s}), got "
+                             f"{np.shape(state.cells)}, {np.shape(state.pos)}, {np.shape(state.values)}")
+        self._cells[:, p:p + s, p:p + s] = state.cells
+        self._pos = np.array(state.pos, dtype=np.int64)
+        self._has_key = np.array(state.has_key, dtype=bool).reshape(n)
+        self._door_open = np.array(state.door_open, dtype=bool).reshape(n)
+        self._t = np.array(state.t, dtype=np.int64).reshape(n)
+        self._family = np.array(state.family, dtype=np.int64).reshape(n)
+        self._values = np.array(state.values, dtype=np.int32)
+        self._lava_dist = np.array(state.lava_dist, dtype=np.int32).reshape(n, s, s)
+        return self._observe()
 
     # ------------------------------------------------------------------ inspection
 

