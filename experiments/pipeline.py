@@ -23,6 +23,10 @@ from experiments.provenance import code_version, write_config, write_json
 from experiments.schema import RunConfig
 
 
+# Bump a stage's version when what it writes changes: its cached outputs are then redone.
+STAGE_VERSIONS = {"data": 1, "dynamics": 2}
+
+
 @dataclass(frozen=True)
 class RunResult:
     out: Path
@@ -84,7 +88,8 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> RunResult:
     with run_lock(out):
         write_config(cfg, out / "config.yaml")
         t0 = time.perf_counter()
-        data_section = {"world": to_dict(cfg.world), "data": to_dict(cfg.data), "seed": cfg.seed}
+        data_section = {"world": to_dict(cfg.world), "data": to_dict(cfg.data), "seed": cfg.seed,
+                        "version": STAGE_VERSIONS["data"]}
         if cfg.data.path:
             from worlds.dataset import TrajectoryDataset
 
@@ -97,7 +102,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> RunResult:
         data_path = stages["data"].path if cfg.data.path else stages["data"].path / "dataset"
 
         dyn_section = {k: v for k, v in to_dict(cfg.dynamics).items() if k not in ("resume",)}
-        stages["dynamics"] = run_stage(cache, "dynamics", {"dynamics": dyn_section, "seed": cfg.seed},
+        stages["dynamics"] = run_stage(cache, "dynamics", {"dynamics": dyn_section, "seed": cfg.seed, "version": STAGE_VERSIONS["dynamics"]},
                                        {"data": stages["data"].fingerprint},
                                        lambda tmp: run_train(cfg, data_path, tmp, progress=progress))
         _link(out, "dynamics", stages["dynamics"].path)
@@ -106,6 +111,15 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> RunResult:
         write_json(summary, out / "summary.json")
         write_report(cfg, summary, out)
     return RunResult(out, stages, summary)
+
+
+def _rate(v: dict[str, Any]) -> float:
+    """One number per concept: the fraction true (binary), the mean (scalar), the rarest class's frequency."""
+    if v.get("kind") == "binary":
+        return float(v["rate"])
+    if v.get("kind") == "scalar":
+        return float(v["mean"])
+    return float(min((v.get("freq") or {0: 0.0}).values()))
 
 
 def build_summary(cfg: RunConfig, data_path: Path, stages: dict[str, StageResult], seconds: float) -> dict[str, Any]:
@@ -123,12 +137,17 @@ def build_summary(cfg: RunConfig, data_path: Path, stages: dict[str, StageResult
         "data": {
             "episodes": int(man["counts"]["episodes"]),
             "transitions": int(ds.num_transitions),
-            "base_rates": {k: v for k, v in ds.base_rates().items()},
+            "base_rates": {k: _rate(v) for k, v in ds.base_rates("in_distribution").items()},
+            "base_rate_details": ds.base_rates("in_distribution"),
         },
         "dynamics": {
             "model": cfg.dynamics.model,
             "val_loss": metrics.get("val_loss"),
             "open_loop_error": {str(k): v for k, v in sorted((metrics.get("open_loop") or {}).items(), key=lambda kv: int(kv[0]))},
+            "open_loop": json.loads((stages["dynamics"].path / "open_loop.json").read_text()),
+            "train_seconds": metrics.get("train_seconds"),
+            "transitions_per_s": metrics.get("transitions_per_s"),
+            "steps": metrics.get("steps"),
         },
         "probes": [],
         "ontology": {},

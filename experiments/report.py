@@ -20,28 +20,30 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _base_rate_rows(base_rates: dict[str, Any]) -> list[list[Any]]:
-    rows = []
-    for name, v in base_rates.items():
-        if isinstance(v, dict):
-            rows.append([name, ", ".join(f"{k}: {x:.3g}" if isinstance(x, float) else f"{k}: {x}" for k, x in v.items())])
-        else:
-            rows.append([name, v])
-    return rows
-
-
 def render_report(cfg: Any, summary: dict[str, Any]) -> str:
     """The report as markdown: config, data, dynamics quality (later stages append sections)."""
     parts = [f"# ontolab run: {summary['world']}, seed {summary['seed']}", ""]
     d = summary["data"]
+    details = d.get("base_rate_details", d["base_rates"])
     parts += ["## Data", f"{d['episodes']} episodes, {d['transitions']} transitions.", "",
-              "Per-concept base rates (binary: fraction true; scalar: mean/std; categorical: class frequencies):", "",
-              _table(["concept", "base rate"], _base_rate_rows(d["base_rates"])), ""]
+              "Per-concept base rates on the train/val/test episodes:", "",
+              _table(["concept", "base rate"], [[k, format_base_rate(v)] for k, v in details.items()]), ""]
     dyn = summary["dynamics"]
-    ol = dyn.get("open_loop_error") or {}
-    parts += ["## Dynamics", f"Model `{dyn['model']}`, validation loss {dyn['val_loss']}.", "",
-              "Open-loop prediction error on held-out trajectories (k steps imagined from a filtered state with the true actions):",
-              "", _table(["k"] + list(ol), [["error"] + list(ol.values())]), ""]
+    parts += ["## Dynamics", f"Model `{dyn['model']}`: {dyn.get('steps')} steps in {dyn.get('train_seconds') or 0:.0f} s "
+              f"({dyn.get('transitions_per_s') or 0:,.0f} transitions/s), validation loss {dyn['val_loss']:.4g}.", ""]
+    ol = dyn.get("open_loop") or {}
+    if "model" in ol:
+        def ci(e):
+            return f"{e['estimate']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
+
+        parts += [f"Open-loop prediction on held-out ({ol['split']}) episodes: filter {ol['context']} real steps, then "
+                  f"imagine k steps with the true actions and no observations ({ol['windows']} windows; per-cell "
+                  f"{ol['metric']}, 95% bootstrap CI over windows). *Changed cells* differ from the last observed frame.", "",
+                  _table(["k", "model", "copy last frame", "model, changed cells", "copy, changed cells", "changed fraction"],
+                         [[k, ci(ol["model"][k]), ci(ol["copy_last_frame"][k]), ci(ol["model_changed_cells"][k]),
+                           ci(ol["copy_changed_cells"][k]), ol["changed_fraction"][k]] for k in ol["model"]]), ""]
+    elif ol:
+        parts += [f"Open-loop prediction: {ol.get('skipped')}.", ""]
     parts += ["## Timings", "", _table(["stage", "seconds", "reused"],
                                       [[k, v, summary.get("reused", {}).get(k)] for k, v in summary["timings"].items()]), ""]
     parts += ["## Config", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip(), "```", ""]
@@ -64,9 +66,10 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     t.add_column("result")
     t.add_column("seconds", justify="right")
     d, dyn = summary["data"], summary["dynamics"]
-    ol = ", ".join(f"k={k}: {v:.3f}" for k, v in (dyn.get("open_loop_error") or {}).items() if v is not None)
+    model = (dyn.get("open_loop") or {}).get("model") or {}
+    ol = ", ".join(f"k={k}: {v['estimate']:.3f}" for k, v in model.items())
     t.add_row("data", f"{d['episodes']} episodes, {d['transitions']} transitions", f"{summary['timings'].get('data', 0):.1f}")
-    t.add_row("dynamics", f"{dyn['model']}: open-loop error {ol}", f"{summary['timings'].get('dynamics', 0):.1f}")
+    t.add_row("dynamics", f"{dyn['model']}: open-loop per-cell accuracy {ol}", f"{summary['timings'].get('dynamics', 0):.1f}")
     Console().print(t)
     print(f"report: {Path(out) / 'report.md'}")
 

@@ -1,1 +1,45 @@
-"""ontolab stage: planning."""
+"""planning: model-based planners that optimise any reward over a dynamics model's imagination.
+
+Planners (:func:`make_planner`: ``shooting``, ``cem``, ``icem``, ``mppi``, ``discrete_cem``,
+``exhaustive``) take a :class:`~dynamics.base.DynamicsModel` and any :data:`RewardFn`; a compiled
+:class:`rewards.RewardSpec` becomes one with :func:`concept_reward`. :class:`Shield` vetoes risky
+first actions. :func:`oracle_model` puts a world's true simulator behind the model interface.
+"""
+
+from planning.cem import CEM
+from planning.discrete import DiscreteCEM, Exhaustive
+from planning.icem import ICEM, colored_noise
+from planning.mppi import MPPI
+from planning.oracle import LavaKeyDoorOracle, OracleModel, PointMassOracle, oracle_model
+from planning.planner import PLANNER_NAMES, Optimised, PlanInfo, Planner, make_planner
+from planning.rollout import Scores, rank, score_sequences
+from planning.shield import Shield
+from planning.shooting import RandomShooting
+from planning.types import ConceptReader, RewardFn, StepRewards, concept_reward
+
+__all__ = [
+    "CEM",
+    "ConceptReader",
+    "DiscreteCEM",
+    "Exhaustive",
+    "ICEM",
+    "LavaKeyDoorOracle",
+    "MPPI",
+    "Optimised",
+    "OracleModel",
+    "PLANNER_NAMES",
+    "PlanInfo",
+    "Planner",
+    "PointMassOracle",
+    "RandomShooting",
+    "RewardFn",
+    "Scores",
+    "Shield",
+    "StepRewards",
+    "colored_noise",
+    "concept_reward",
+    "make_planner",
+    "oracle_model",
+    "rank",
+    "score_sequences",
+]

@@ -49,7 +49,8 @@ class OracleModel(DynamicsModel):
     """Base of the oracle adapters: subclasses define the sites, one true step and the true concepts."""
 
     dynamic: tuple[str, ...] = ()
-    """Sites that change with time; every other site is static within an episode."""
+    """Sites that ``step`` changes (``feat`` is derived from the others once, after the rollout); every
+    other site is static within an episode."""
 
     def __init__(self, schema: ConceptSchema, obs_spec: ObsSpec, action_spec: ActionSpec, dtype: torch.dtype):
         super().__init__()
@@ -68,6 +69,10 @@ class OracleModel(DynamicsModel):
     @abstractmethod
     def step(self, sites: Mapping[str, Tensor], action: Tensor) -> dict[str, Tensor]:
         """One true step of every state ``[b ...]`` under ``action[b *act]``: the new dynamic sites."""
+
+    @abstractmethod
+    def _feat(self, sites: Mapping[str, Tensor]) -> Tensor:
+        """``feat[*b d]`` of states ``[*b ...]``."""
 
     @abstractmethod
     def _concept_fns(self) -> dict[str, _ConceptFn]:
@@ -96,8 +101,9 @@ class OracleModel(DynamicsModel):
                 steps[k].append(cur[k])
         out = {k: torch.stack(v, dim=1) for k, v in steps.items()}
         for k, v in state.sites.items():
-            if k not in out:
+            if k not in out and k != "feat":
                 out[k] = v.unsqueeze(1).expand(b, h, *v.shape[1:])
+        out["feat"] = self._feat(out)
         return LatentState(out)
 
     def initial(self, batch_size: int) -> LatentState:
@@ -152,7 +158,7 @@ class LavaKeyDoorOracle(OracleModel):
     """The lava-key-door rules (:mod:`worlds.lavakeydoor.world`) in torch. A picked-up key and an opened
     door are read from ``has_key``/``door_open`` rather than from ``cells``, so ``cells`` stays static."""
 
-    dynamic = ("pos", "has_key", "door_open", "done", "feat")
+    dynamic = ("pos", "has_key", "door_open", "done")
 
     def __init__(self, params: LavaKeyDoorParams = LavaKeyDoorParams(), dtype: torch.dtype = torch.float32):
         self.params = params
@@ -210,7 +216,6 @@ class LavaKeyDoorOracle(OracleModel):
                "has_key": has_key | (moved & (code == L.KEY)),
                "door_open": door_open | (moved & locked),
                "done": done | (moved & ((code == L.LAVA) | (code == L.GOAL)))}
-        new["feat"] = self._feat({**sites, **new})
         return new
 
     def _concept_fns(self) -> dict[str, _ConceptFn]:
@@ -266,7 +271,7 @@ class LavaKeyDoorOracle(OracleModel):
 class PointMassOracle(OracleModel):
     """The point-mass physics (:mod:`worlds.pointmass`) in torch; ``dtype=torch.float64`` matches the world exactly."""
 
-    dynamic = ("pos", "vel", "done", "feat")
+    dynamic = ("pos", "vel", "done")
 
     def __init__(self, params: PointMassParams = PointMassParams(), dtype: torch.dtype = torch.float32):
         self.params = params
@@ -293,7 +298,7 @@ class PointMassOracle(OracleModel):
         sites = {"pos": f(st.pos), "vel": f(st.vel), "goal": f(st.goal), "hazard_center": f(st.hazard_center),
                  "hazard_radius": f(st.hazard_radius)}
         sites["done"] = (self._hazard_distance(sites) < 0) | (self._goal_distance(sites) <= self.params.goal_radius)
-        sites["feat"] = torch.cat([sites["pos"], sites["vel"], sites["goal"] - sites["pos"]], dim=-1)
+        sites["feat"] = self._feat(sites)
         return LatentState(sites)
 
     @staticmethod
@@ -319,8 +324,10 @@ class PointMassOracle(OracleModel):
         new = {"pos": torch.where(frozen, pos, x), "vel": torch.where(frozen, vel, v)}
         nxt = {**sites, **new}
         new["done"] = done | (self._hazard_distance(nxt) < 0) | (self._goal_distance(nxt) <= p.goal_radius)
-        new["feat"] = torch.cat([new["pos"], new["vel"], sites["goal"] - new["pos"]], dim=-1)
         return new
+
+    def _feat(self, sites: Mapping[str, Tensor]) -> Tensor:
+        return torch.cat([sites["pos"], sites["vel"], sites["goal"] - sites["pos"]], dim=-1)
 
     def _concept_fns(self) -> dict[str, _ConceptFn]:
         p, diag = self.params, self.schema["dist_to_goal"].high      # the arena's diagonal

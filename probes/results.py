@@ -22,7 +22,15 @@ from probes.stats import Estimate
 SPLITS: tuple[str, ...] = ("test", "ood", "imagined_k1", "imagined_k5", "imagined_k15")
 METRICS: tuple[str, ...] = (
     "balanced_accuracy", "auroc", "macro_f1", "r2", "mae", "ece", "selectivity", "compression",
+    "compression_control",
+    "state_consistency", "causal_sufficiency", "causal_sufficiency_null", "causal_necessity", "causal_necessity_null",
 )
+"""``compression_control``: MDL compression of the same probe method on the control task's labels.
+
+The model-based checks (:mod:`probes.consistency`, :mod:`probes.causal`; split ``test``): ``state_consistency``
+(agreement across histories reaching one true state), ``causal_sufficiency`` / ``_null`` (success rate of
+probe-direction / same-norm random edits), ``causal_necessity`` / ``_null`` (prediction-loss rise after
+LEACE / random-subspace erasure)."""
 BASELINE_METHODS: tuple[str, ...] = ("prior", "random_model", "observation")
 
 

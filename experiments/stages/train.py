@@ -34,10 +34,38 @@ def run_train(cfg: RunConfig, data_path: Path, out: Path, *, progress: bool = Tr
     logger = "none" if cfg.wandb.mode == "disabled" else f"wandb-{cfg.wandb.mode}"
     out.mkdir(parents=True, exist_ok=True)
     write_config(cfg, out / "config.yaml")
-    return fit_dynamics(
+    result = fit_dynamics(
         model, ds, out, max_steps=d.max_steps, max_time_s=d.max_time_s, batch_size=d.batch_size,
         window=d.window, lr=d.lr, grad_clip=d.grad_clip, seed=cfg.seed, resume=d.resume,
         val_every=d.val_every, logger=logger, wandb_project=cfg.wandb.project,
         accelerator=d.accelerator, devices=d.devices, strategy=d.strategy, num_nodes=d.num_nodes,
         progress_bar=progress,
     )
+    evaluate_stage(model, data_path, out, seed=cfg.seed)
+    return result
+
+
+def evaluate_stage(model, data_path: Path, out: Path, *, split: str = "test", context: int = 10,
+                   horizons: tuple[int, ...] = (1, 5, 15), seed: int = 0) -> dict:
+    """Open-loop quality on held-out episodes vs copy-the-last-frame, with 95% CIs -> ``open_loop.json``."""
+    from dynamics.evaluate import episode_windows, evaluate_open_loop
+    from experiments.provenance import write_json
+
+    ds = TrajectoryDataset.open(data_path, verify=False)
+    episodes = [ds.episode(int(i)) for i in ds.episode_ids(split)]
+    if not model.can_decode:
+        result = {"skipped": f"{type(model).__name__} does not decode observations"}
+    else:
+        w = episode_windows(episodes, context + max(horizons), stride=max(horizons))
+        rep = evaluate_open_loop(model, w["obs"], w["actions"], w["is_first"], context, horizons, seed=seed)
+
+        def est(d):
+            return {str(k): {"estimate": e.estimate, "ci_low": e.lower, "ci_high": e.upper} for k, e in d.items()}
+
+        result = {"split": split, "metric": rep.metric, "context": context, "windows": rep.num_windows,
+                  "model": est(rep.model), "copy_last_frame": est(rep.copy),
+                  "model_changed_cells": est(rep.model_changed), "copy_changed_cells": est(rep.copy_changed),
+                  "changed_fraction": {str(k): v for k, v in rep.changed_fraction.items()},
+                  "model_unseen_cells": est(rep.model_unseen)}
+    write_json(result, out / "open_loop.json")
+    return result

@@ -5,3 +5,32 @@ validated (:mod:`~planning.verify.validate`) -> checked by Storm (:mod:`~plannin
 Clopper-Pearson interval models give robust upper bounds (:mod:`~planning.verify.intervals`);
 :mod:`~planning.verify.reference` is an independent numpy implementation used to check the checker.
 """
+
+from planning.verify.intervals import (IntervalModel, clopper_pearson, empirical_rate, robust_check,
+                                       robust_state_values)
+from planning.verify.model import CountModel, ExplicitModel
+from planning.verify.result import CheckResult, Empirical, PropertyReport
+from planning.verify.storm import StormModel, build, check, scheduler, sound_environment, state_values
+from planning.verify.validate import VerifyError, validate_model, validate_property
+
+__all__ = [
+    "CheckResult",
+    "CountModel",
+    "Empirical",
+    "ExplicitModel",
+    "IntervalModel",
+    "PropertyReport",
+    "StormModel",
+    "VerifyError",
+    "build",
+    "check",
+    "clopper_pearson",
+    "empirical_rate",
+    "robust_check",
+    "robust_state_values",
+    "scheduler",
+    "sound_environment",
+    "state_values",
+    "validate_model",
+    "validate_property",
+]

@@ -216,5 +216,7 @@ def _make_absorbing(matrix: sp.csr_array, stop: np.ndarray) -> sp.csr_array:
         return matrix
     keep = sp.diags_array((~stop).astype(np.float64))
     loops = sp.diags_array(stop.astype(np.float64))
-    return sp.csr_array(keep @ matrix + loops)
+    out = sp.csr_array(keep @ matrix + loops)
+    out.eliminate_zeros()
+    return out
 

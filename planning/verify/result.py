@@ -29,7 +29,7 @@ class CheckResult:
     states: int
     """Number of states of the checked model."""
     seconds: float
-    """Wall time of the check (parsing and model checking; building the Storm model excluded)."""
+    """Wall time of Storm's model check (validation, parsing and building the model excluded)."""
 
 
 @dataclass(frozen=True)

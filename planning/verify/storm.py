@@ -114,8 +114,12 @@ class StormModel:
 
 def build(model: ExplicitModel) -> StormModel:
     """Validate ``model`` (:func:`~planning.verify.validate.validate_model`) and build it in Storm."""
-    stormpy = import_stormpy()
     validate_model(model)
+    return _build_validated(model)
+
+
+def _build_validated(model: ExplicitModel) -> StormModel:
+    stormpy = import_stormpy()
     start = time.perf_counter()
     m = sp.csr_array(model.matrix, copy=True)
     m.eliminate_zeros()
@@ -145,8 +149,13 @@ def parse(text: str, labels: Mapping[str, np.ndarray] | list[str], nondeterminis
     return props[0]
 
 
-def _as_built(model: ExplicitModel | StormModel) -> StormModel:
-    return model if isinstance(model, StormModel) else build(model)
+def _prepare(model: ExplicitModel | StormModel, text: str) -> tuple[StormModel, Any]:
+    """Validate the model and the property, and parse it, all before Storm builds anything; then build."""
+    if isinstance(model, StormModel):
+        return model, parse(text, model.model.labels, nondeterministic=not model.is_dtmc)
+    validate_model(model)
+    prop = parse(text, model.labels, nondeterministic=not model.is_dtmc)
+    return _build_validated(model), prop
 
 
 def _vectors(result: Any, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -174,8 +183,7 @@ def state_values(model: ExplicitModel | StormModel, text: str,
     """Per-state ``(value, lower, upper)``, each ``float64[states]``, of the property ``text``
     (``lower`` / ``upper`` are Storm's certified bounds, ``nan`` where it gives none)."""
     stormpy = import_stormpy()
-    built = _as_built(model)
-    prop = parse(text, built.model.labels, nondeterministic=not built.is_dtmc)
+    built, prop = _prepare(model, text)
     result = run_check(stormpy, built.sparse, prop, sound_environment(precision))
     return _vectors(result, built.model.num_states)
 
@@ -183,12 +191,15 @@ def state_values(model: ExplicitModel | StormModel, text: str,
 def check(model: ExplicitModel | StormModel, text: str, precision: float = DEFAULT_PRECISION) -> CheckResult:
     """Check the property ``text`` (e.g. ``'P=? [F<=20 "lava"]'``) on ``model``; the probability and
     its certified bounds are weighted by the model's initial distribution."""
-    built = _as_built(model)
+    stormpy = import_stormpy()
+    built, prop = _prepare(model, text)
     start = time.perf_counter()
-    value, lower, upper = state_values(built, text, precision)
-    init = built.model.initial_distribution
+    result = run_check(stormpy, built.sparse, prop, sound_environment(precision))
+    built_model = built.model
+    value, lower, upper = _vectors(result, built_model.num_states)
+    init = built_model.initial_distribution
     return CheckResult(text, float(init @ value), float(init @ lower), float(init @ upper),
-                       built.model.num_states, time.perf_counter() - start)
+                       built_model.num_states, time.perf_counter() - start)
 
 
 def scheduler(model: ExplicitModel | StormModel, text: str, precision: float = DEFAULT_PRECISION) -> np.ndarray:
@@ -197,10 +208,9 @@ def scheduler(model: ExplicitModel | StormModel, text: str, precision: float = D
     because asking Storm for a scheduler drops the certified bounds; bounded (``F<=H``) properties need
     memory (a step counter) and are refused."""
     stormpy = import_stormpy()
-    built = _as_built(model)
-    if built.is_dtmc:
+    if (model.model if isinstance(model, StormModel) else model).is_dtmc:
         raise VerifyError("a DTMC has no choices to schedule; build an MDP (CountModel.to_mdp) for a scheduler")
-    prop = parse(text, built.model.labels, nondeterministic=True)
+    built, prop = _prepare(model, text)
     result = run_check(stormpy, built.sparse, prop, sound_environment(precision), extract_scheduler=True)
     if not result.has_scheduler():
         raise VerifyError(f"Storm gave no scheduler for {text!r}; schedulers exist for unbounded properties "

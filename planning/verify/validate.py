@@ -42,11 +42,11 @@ def _where(row: int, row_groups: np.ndarray) -> str:
     return f"state {state}, choice {row - int(row_groups[state])} (row {row})"
 
 
-def validate_matrix(matrix: sp.csr_array, row_groups: np.ndarray) -> None:
-    """Check a row-grouped transition matrix ``[rows states]``: every row a distribution."""
-    rows, states = matrix.shape
+def _validate_shape(shape: tuple[int, int], row_groups: np.ndarray) -> np.ndarray:
+    """At least one state; ``row_groups`` ``int[states + 1]`` from 0 to ``rows``, every group non-empty."""
+    rows, states = shape
     if states < 1 or rows < 1:
-        raise VerifyError(f"the model has no states (matrix shape {matrix.shape}); give at least one state")
+        raise VerifyError(f"the model has no states (matrix shape {shape}); give at least one state")
     groups = np.asarray(row_groups)
     if groups.shape != (states + 1,) or groups[0] != 0 or groups[-1] != rows:
         raise VerifyError(f"row_groups must have shape ({states + 1},) from 0 to {rows}, got shape {groups.shape} "
@@ -55,6 +55,13 @@ def validate_matrix(matrix: sp.csr_array, row_groups: np.ndarray) -> None:
     if choices.min() < 1:
         s = int(np.argmin(choices))
         raise VerifyError(f"state {s} has no choice (row group is empty); give absorbing states an explicit self-loop")
+    return groups
+
+
+def validate_matrix(matrix: sp.csr_array, row_groups: np.ndarray) -> None:
+    """Check a row-grouped transition matrix ``[rows states]``: every row a distribution."""
+    rows = matrix.shape[0]
+    groups = _validate_shape(matrix.shape, row_groups)
     m = sp.csr_array(matrix)
     row_of = np.repeat(np.arange(rows), np.diff(m.indptr))
     bad = ~np.isfinite(m.data)
@@ -133,12 +140,10 @@ def validate_intervals(upper: sp.csr_array, lower: np.ndarray, row_groups: np.nd
     ``upper.data``), and in every row ``sum(lower) <= 1 <= sum(upper)`` (some distribution fits)."""
     u = sp.csr_array(upper)
     lo = np.asarray(lower, dtype=np.float64)
-    rows, states = u.shape
-    if states < 1 or rows < 1:
-        raise VerifyError(f"the model has no states (matrix shape {u.shape}); give at least one state")
+    rows = u.shape[0]
+    groups = _validate_shape(u.shape, row_groups)
     if lo.shape != u.data.shape:
         raise VerifyError(f"lower must have one value per stored entry of upper, shape {u.data.shape}, got {lo.shape}")
-    groups = np.asarray(row_groups)
     row_of = np.repeat(np.arange(rows), np.diff(u.indptr))
     bad = ~np.isfinite(lo) | ~np.isfinite(u.data) | (lo < 0) | (lo > u.data) | (u.data > 1)
     if bad.any():

@@ -1,7 +1,7 @@
 """Toy dynamics models with known optima for the planner tests (plain classes, built by fixtures).
 
 * :class:`ChainModel` -- discrete: a combination lock of ``len(key)`` steps (the right action moves on
-  and earns 0.3, a wrong one sends the agent back to 0 with a lure of 0.5); at the end action 0 earns
+  and earns 0.5, a wrong one sends the agent back to 0 with a lure of 0.3); at the end action 0 earns
   5 per step and, with ``danger``, action 1 earns 8 but costs 1 (a constraint violation).
   With ``risk > 0``, ``imagine(sample=True)`` makes action 2 violate with probability ``risk``.
 * :class:`LinearModel` -- continuous: ``x' = A x + B u`` with reward ``-(|x'|^2 + rho |u|^2)``, whose
@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,7 @@ class ChainModel(_Toy):
         end = s == n
         right = a == self.key[s.clamp(max=n - 1)]
         s2 = torch.where(end, s, torch.where(right, s + 1, 0))
-        r = torch.where(end, torch.where(a == 0, 5.0, 0.0), torch.where(right, 0.3, 0.5))
+        r = torch.where(end, torch.where(a == 0, 5.0, 0.0), torch.where(right, 0.5, 0.3))
         c = torch.zeros_like(r)
         if self.danger:
             r = torch.where(end & (a == 1), 8.0, r)
@@ -138,7 +139,13 @@ def lq_optimum(h: int, A=A_LIN, B=B_LIN, x0=X0) -> np.ndarray:
     return np.linalg.lstsq(lhs, rhs, rcond=None)[0].reshape(h, m)
 
 
-@pytest.fixture
-def linear():
-    model = LinearModel(A_LIN, B_LIN)
-    return model, LatentState({"feat": torch.tensor([X0], dtype=torch.float64)})
+def linear_state() -> LatentState:
+    return LatentState({"feat": torch.tensor([X0], dtype=torch.float64)})
+
+
+@pytest.fixture(scope="session")
+def toys() -> SimpleNamespace:
+    """The plain helpers of this file (test modules must not ``import conftest``: the name is ambiguous)."""
+    return SimpleNamespace(ChainModel=ChainModel, chain_reward=chain_reward, LinearModel=LinearModel,
+                           linear=lambda: LinearModel(A_LIN, B_LIN), linear_state=linear_state, lq_reward=lq_reward,
+                           lq_cost=lq_cost, lq_optimum=lq_optimum)

@@ -1,0 +1,188 @@
+"""Fit one probe method over a hyperparameter grid for every concept on one design matrix; choose on validation.
+
+``fit_method(method, x, ys, x_val, ys_val, concepts, grid, seeds)`` returns ``{concept: GridFit}``:
+every grid point's probes (one per seed for stochastic methods, one in all for the deterministic
+``linear`` and ``sparse``) and their validation scores (balanced accuracy or R^2, mean over
+seeds). The chosen grid point is the best validation score; ties go to the first grid point, and
+the default grids run from the strongest regularisation to the weakest. ``choose={concept: index}``
+skips the choice (a control task reuses the task probe's hyperparameters).
+
+Batched where the method allows: ``linear`` fits every concept x l2 value on the site in one pass
+(:func:`probes.linear.fit_grid`); ``sparse`` fits every concept x l1 value of one concept kind in
+one batched FISTA run (the l1 values are fractions of each problem's ``l1_max``, the penalty at
+which every weight is zero); ``sae`` trains one autoencoder per seed and grid point on the site
+(unsupervised) and matches every concept to it. ``mlp`` and any other method are a loop of fits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from probes.base import Probe, ProbeError
+from probes.batched import GLM, augment, fista
+from probes.linear import _init_theta, fit_grid, validation_score
+from probes.normalize import Normalizer
+from probes.registry import hparam_names, make_fitter
+from probes.sae import SAEFitter, SAEProbeFitter
+from probes.sparse import SparseProbe
+from worlds.concepts import Concept
+
+DEFAULT_GRIDS: dict[str, tuple[dict[str, Any], ...]] = {
+    "linear": tuple({"l2": v} for v in (10.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4)),
+    "sparse": tuple({"l1_fraction": v} for v in (0.3, 0.1, 0.03, 0.01)),
+    "mlp": ({"hidden": (64,), "lr": 3e-3, "batch_size": 512, "max_epochs": 30, "patience": 5},),
+    "sae": ({"n_features": 64, "l1": 1e-2, "epochs": 10, "batch_size": 512},),
+}
+"""Per-method grids used when the caller gives none (strongest regularisation first)."""
+DETERMINISTIC = frozenset({"linear", "sparse"})
+"""Methods whose fit does not depend on a seed: fitted once, not once per seed."""
+_SAE_KEYS = ("n_features", "l1", "top_k", "tied", "lr", "epochs", "batch_size")
+
+
+@dataclass(frozen=True)
+class GridFit:
+    """One (method, site, concept): ``probes[g][s]`` at grid point ``g`` and seed ``s``; ``best`` is chosen."""
+
+    method: str
+    grid: tuple[dict[str, Any], ...]
+    probes: tuple[tuple[Probe, ...], ...]
+    val_scores: tuple[float, ...]
+    best: int
+
+    @property
+    def chosen(self) -> tuple[Probe, ...]:
+        """The chosen grid point's probes, one per seed."""
+        return self.probes[self.best]
+
+    @property
+    def val_score(self) -> float:
+        return self.val_scores[self.best]
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return dict(self.grid[self.best])
+
+
+def as_tensor(a: Any, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Tensor:
+    """A writable tensor copy of a (possibly memory-mapped, read-only) array."""
+    t = torch.from_numpy(np.array(a))
+    return t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else None)
+
+
+def val_scores_of(concept: Concept, probes: Sequence[Probe], x_val: Tensor, y_val: Tensor) -> list[float]:
+    """Validation score of each probe in ``probes`` (balanced accuracy or R^2)."""
+    if not probes:
+        return []
+    pred = torch.stack([p.predict(x_val).to(torch.float64 if concept.kind == "scalar" else torch.int64) for p in probes], 1)
+    yv = y_val.to(pred.device)
+    return [float(v) for v in validation_score(concept, pred, yv.to(torch.float64) if concept.kind == "scalar" else yv.long())]
+
+
+def _pick(scores: Sequence[float]) -> int:
+    """First index of the best finite score (0 if none is finite)."""
+    a = np.asarray(scores, np.float64)
+    return int(np.nanargmax(a)) if np.isfinite(a).any() else 0
+
+
+def fit_method(method: str, x: Tensor, ys: Mapping[str, Tensor], x_val: Tensor, ys_val: Mapping[str, Tensor],
+               concepts: Sequence[Concept], grid: Sequence[Mapping[str, Any]], *, seeds: Sequence[int] = (0,),
+               choose: Mapping[str, int] | None = None, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> dict[str, GridFit]:
+    """Fit ``method`` at every grid point for every concept on ``x [n d]`` (labels ``ys[name] [n]``).
+
+    With ``choose``, only the chosen grid points are fitted where fits are per point (mlp, sae, other).
+    """
+    grid = tuple(dict(g) for g in grid)
+    if not grid:
+        raise ProbeError(f"the grid of method {method!r} is empty; give at least one hyperparameter setting")
+    x, x_val = x.to(device, dtype), x_val.to(device, dtype)
+    if method == "linear":
+        fits = _linear(x, ys, x_val, ys_val, concepts, grid, device, dtype)
+    elif method == "sparse":
+        fits = _sparse(x, ys, x_val, ys_val, concepts, grid, device, dtype)
+    else:
+        fits = _per_point(method, x, ys, x_val, ys_val, concepts, grid, seeds, choose, device, dtype)
+    out = {}
+    for c in concepts:
+        probes = fits[c.name]
+        scores = [float(np.mean(val_scores_of(c, ps, x_val, ys_val[c.name]))) if ps else float("nan") for ps in probes]
+        best = choose[c.name] if choose is not None else _pick(scores)
+        out[c.name] = GridFit(method, grid, tuple(tuple(ps) for ps in probes), tuple(scores), best)
+    return out
+
+
+def _linear(x, ys, x_val, ys_val, concepts, grid, device, dtype) -> dict[str, list[list[Probe]]]:
+    unknown = sorted({k for g in grid for k in g} - {"l2"})
+    if unknown:
+        raise ProbeError(f"the linear grid takes only 'l2' values, got keys {unknown}")
+    lambdas = [float(g["l2"]) for g in grid]
+    if len(set(lambdas)) != len(lambdas):
+        raise ProbeError(f"the linear grid repeats l2 values: {lambdas}")
+    res = fit_grid({"site": x}, {c.name: ys[c.name] for c in concepts}, concepts, lambdas, {"site": x_val},
+                   {c.name: ys_val[c.name] for c in concepts}, device=device, dtype=dtype)
+    pos = {v: i for i, v in enumerate(res.lambdas)}  # fit_grid sorts the lambdas; map back to grid order
+    return {c.name: [[res.probes[("site", c.name)][pos[v]]] for v in lambdas] for c in concepts}
+
+
+def _sparse(x, ys, x_val, ys_val, concepts, grid, device, dtype) -> dict[str, list[list[Probe]]]:
+    """L1 probes for every concept x ``l1_fraction`` of one kind in one batched FISTA run."""
+    fixed = {k: v for k, v in grid[0].items() if k != "l1_fraction"}
+    unknown = sorted(set(fixed) - {"max_iter", "tol"})
+    if unknown or any("l1_fraction" not in g for g in grid):
+        raise ProbeError(f"the sparse grid takes 'l1_fraction' (of each problem's l1_max) plus max_iter, tol; got {unknown or grid}")
+    fracs = torch.tensor([float(g["l1_fraction"]) for g in grid], dtype=dtype, device=device)
+    max_iter, tol = int(fixed.get("max_iter", 500)), fixed.get("tol")
+    norm = Normalizer.fit(x)
+    z1 = augment(norm.apply(x))
+    d, G = x.shape[1], len(grid)
+    out: dict[str, list[list[Probe]]] = {}
+    for kind in ("binary", "categorical", "scalar"):
+        group = [c for c in concepts if c.kind == kind]
+        if not group:
+            continue
+        k = max(c.num_classes for c in group) if kind == "categorical" else 1
+        tg = torch.stack([ys[c.name].to(device) for c in group for _ in range(G)], 1)  # [n m], m = concepts x grid
+        targets = tg.long() if kind == "categorical" else tg.to(dtype)
+        ncls = torch.tensor([c.num_classes for c in group for _ in range(G)])
+        glm = GLM(kind, z1, targets, torch.zeros(targets.shape[1], dtype=dtype, device=device), k=k, num_classes=ncls)
+        theta0 = _init_theta(kind, targets, d + 1, k, dtype)
+        _, g0 = glm(theta0, torch.arange(targets.shape[1], device=device))
+        l1max = (g0 * glm.penalised).abs().amax(1)  # [m] the penalty at which every weight is zero
+        l1s = l1max * fracs.repeat(len(group))
+        theta, _ = fista(glm, l1s, theta0, max_iter=max_iter, tol=tol)
+        theta = theta.reshape(len(group), G, k, d + 1)
+        for j, c in enumerate(group):
+            kc = c.num_classes if kind == "categorical" else 1
+            out[c.name] = [[SparseProbe(c, norm, {"l1": float(l1s[j * G + g]), "l1_fraction": float(fracs[g]),
+                                                  "max_iter": max_iter, "tol": tol},
+                                        theta[j, g, :kc, :d].clone(), theta[j, g, :kc, d].clone())] for g in range(G)]
+    return out
+
+
+def _per_point(method, x, ys, x_val, ys_val, concepts, grid, seeds, choose, device, dtype) -> dict[str, list[list[Probe]]]:
+    allowed = set(hparam_names(method)) - {"device", "dtype"}
+    out: dict[str, list[list[Probe]]] = {c.name: [[] for _ in grid] for c in concepts}
+    for gi, point in enumerate(grid):
+        wanted = [c for c in concepts if choose is None or choose[c.name] == gi]
+        if not wanted:
+            continue
+        for seed in seeds:
+            hp = dict(point)
+            if "seed" in allowed:
+                hp["seed"] = int(seed)
+            if method == "sae":  # one unsupervised autoencoder per seed and grid point, shared by the concepts
+                sae_hp = {k: hp.pop(k) for k in _SAE_KEYS if k in hp}
+                sae = SAEFitter(**sae_hp, seed=int(seed), device=device, dtype=dtype).fit(x)
+                fitters = {c.name: SAEProbeFitter(c, sae=sae, **hp, device=device, dtype=dtype) for c in wanted}
+            else:
+                fitters = {c.name: make_fitter(method, c, **hp, device=device, dtype=dtype) for c in wanted}
+            for c in wanted:
+                out[c.name][gi].append(fitters[c.name].fit(x, ys[c.name].to(device), x_val, ys_val[c.name].to(device)))
+            if method in DETERMINISTIC:
+                break
+    return out
