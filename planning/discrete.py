@@ -8,6 +8,7 @@
         scores       = one batched imagine + reward call
         elites[k h]  = top k by (violation, -return)                  # feasible first
         probs       <- (1 - smoothing) * elite frequencies + smoothing * probs
+    polish: up to `polish_rounds` times, score every single-step change of the best (one imagine call each)
     return the best-ranked sequence seen
 
 It returns the best sequence rather than the per-step mode because the per-step modes of

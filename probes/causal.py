@@ -26,7 +26,7 @@ decoded view must show the door open where the unedited rollout shows it shut).
 removes the concept from the site at anchor posteriors; the rise of the model's open-loop prediction
 loss (decode the states imagined over ``t+1 .. t+horizon`` with the true actions, against the true
 observations; ``horizon=0``: reconstruction of step ``t``) is compared with erasing random subspaces of
-the same rank (mean over ``null_draws``). Loss: per-cell cross-entropy (symbolic), squared error on
+the same rank (mean over ``null_draws``); the paired difference of the two rises is the comparison. Loss: per-cell cross-entropy (symbolic), squared error on
 [0, 1] (image) or in observation units (vector), averaged over cells and steps. Models that cannot
 decode (SPR) need a ``decode`` fitted on frozen latents, else the result is skipped with the reason.
 
@@ -302,8 +302,9 @@ class NecessityResult:
     """The same for random-subspace erasure (mean over the null draws)."""
     difference: Estimate
     """``rise - null_rise``, paired over anchors."""
-    ratio: Estimate
-    """``mean rise / mean null rise``."""
+    relative_rise: Estimate
+    """``mean rise / mean clean loss``. (No ratio to the null rise: that is near zero, of either sign, when
+    random erasure is harmless -- the interval of such a ratio is useless; compare with ``difference``.)"""
     num_anchors: int
     skipped: str = ""
 
@@ -376,4 +377,4 @@ def causal_necessity(model: DynamicsModel, episodes: Episodes, concept: Concept,
     return NecessityResult(
         concept.name, site, eraser.rank, bootstrap(_Mean(), clean, **kw), bootstrap(_Mean(), rise, **kw),
         bootstrap(_Mean(), null_rise, **kw), bootstrap_paired_difference(_Mean(), [rise], _Mean(), [null_rise], **kw),
-        bootstrap(_RatioOfMeans(), rise, null_rise, **kw), len(anchors))
+        bootstrap(_RatioOfMeans(), rise, clean, **kw), len(anchors))

@@ -309,8 +309,8 @@ def state_agreement(pred: Any, keys: Any, episodes: Any, *, kind: str, n_boot: i
     _, first = np.unique(np.stack([k, e], 1), axis=0, return_index=True)
     shared = np.bincount(np.unique(k[first], return_inverse=True)[1].ravel())
     if not (shared >= 2).any():
-        raise ProbeError("no true state is reached in two different episodes; use coarser state keys "
-                         "(fewer concepts, more rounding) or more episodes")
+        raise ProbeError(f"none of the {len(shared)} true states is reached in two different episodes; use coarser "
+                         "state keys (key_concepts=[fewer concepts], more rounding) or more episodes")
     est = bootstrap(StateAgreement(kind), p, k, e, groups=e, n_boot=n_boot, level=level, seed=seed)
     return Estimate(est.estimate, est.lower, est.upper, est.level, est.n_boot, est.n_groups, est.n_skipped,
                     count=int((shared >= 2).sum()))
@@ -318,16 +318,20 @@ def state_agreement(pred: Any, keys: Any, episodes: Any, *, kind: str, n_boot: i
 
 def state_consistency(model: DynamicsModel, episodes: Sequence[Episode] | TrajectoryDataset,
                       probes: Mapping[str, Probe], site: str, *, method: str, keys: Any = None,
-                      split: str = "test", n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+                      key_concepts: Sequence[str] | None = None, split: str = "test", n_boot: int = 1000, level: float = 0.95, seed: int = 0,
                       device: torch.device | str | None = None) -> list[ResultRow]:
     """Rows ``(method, site, concept, split, "state_consistency")`` over every step of the episodes.
 
-    ``keys[n]`` (n = total steps, episodes in order) defaults to :func:`state_keys` of all concepts."""
+    ``keys[n]`` (n = total steps, episodes in order) defaults to :func:`state_keys` of ``key_concepts``
+    (all concepts if ``None``)."""
+    if split not in SPLITS or split.startswith("imagined_"):
+        raise ProbeError(f"split names the held-out episodes and the rows' split: 'test' or 'ood', got {split!r}")
     eps = as_episodes(episodes, split)
     check_site(model, site, imagined=False)
     anchors = anchor_steps([len(e) for e in eps], 1, 0)
     if keys is None:
-        keys = state_keys({c: concept_at(eps, c, anchors) for c in eps[0].concepts})
+        names = list(eps[0].concepts) if key_concepts is None else list(key_concepts)
+        keys = state_keys({c: concept_at(eps, c, anchors) for c in names})
     keys = as_numpy(keys)
     if keys.shape != (len(anchors),):
         raise ProbeError(f"keys must have shape ({len(anchors)},) (one per step of the episodes), got {keys.shape}")

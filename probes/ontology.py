@@ -161,13 +161,25 @@ class Ontology:
             raise ProbeError(f"{root}: ontology format {index.get('format')!r}, this ontolab reads {FORMAT_VERSION}")
         entries = {}
         for d in index["entries"]:
-            probe = Probe.load(root / d["probe"], device=device)
+            probe = fresh(Probe.load(root / d["probe"], device=device))
             if probe.concept.name != d["concept"] or probe.method != d["method"]:
                 raise ProbeError(f"{root / d['probe']} holds a {probe.method!r} probe of {probe.concept.name!r}, "
                                  f"the index says {d['method']!r} of {d['concept']!r}; fit and save the ontology again")
             entries[d["concept"]] = OntologyEntry(probe.concept, d["method"], d["site"], tuple(d["site_shape"]), probe,
                                                   d["val_metric"], float(d["val_score"]), d["rule"])
         return cls(entries)
+
+
+def fresh(probe: Probe) -> Probe:
+    """The probe with every tensor copied into fresh (contiguous, allocator-aligned) memory.
+
+    Matmul rounding depends on memory layout and alignment: a fitted probe may hold strided views and a
+    loaded one unaligned slices of the file buffer. Fresh copies on both sides make a saved-and-loaded
+    ontology compute bit for bit what the fitted one does."""
+    changes: dict[str, Any] = {k: tuple(t.clone(memory_format=torch.contiguous_format) for t in v) if isinstance(v, tuple)
+                               else v.clone(memory_format=torch.contiguous_format) for k, v in probe._tensor_fields().items()}
+    changes["norm"] = replace(probe.norm, mean=probe.norm.mean.clone(), std=probe.norm.std.clone())
+    return replace(probe, **changes)
 
 
 def select_ontology(candidates: Mapping[tuple[str, str, str], tuple[Probe, float]], concepts: Sequence[Concept],
@@ -185,5 +197,5 @@ def select_ontology(candidates: Mapping[tuple[str, str, str], tuple[Probe, float
         best = max(v for *_, v in cands if not math.isnan(v)) if any(not math.isnan(v) for *_, v in cands) else math.nan
         tied = [x for x in cands if math.isnan(best) or (not math.isnan(x[3]) and x[3] >= best - 1e-9)]
         m, s, p, v = min(tied, key=lambda x: (method_rank(x[0]), list(site_order).index(x[1]) if x[1] in site_order else len(site_order)))
-        entries[c.name] = OntologyEntry(c, m, s, tuple(int(i) for i in site_shapes[s]), p, validation_metric(c), float(v))
+        entries[c.name] = OntologyEntry(c, m, s, tuple(int(i) for i in site_shapes[s]), fresh(p), validation_metric(c), float(v))
     return Ontology(entries)

@@ -53,8 +53,11 @@ def evaluate_stage(model, data_path: Path, out: Path, *, split: str = "test", co
 
     ds = TrajectoryDataset.open(data_path, verify=False)
     episodes = [ds.episode(int(i)) for i in ds.episode_ids(split)]
+    longest = max((len(e) for e in episodes), default=0)
     if not model.can_decode:
         result = {"skipped": f"{type(model).__name__} does not decode observations"}
+    elif longest < context + max(horizons):
+        result = {"skipped": f"no {split} episode has {context + max(horizons)} steps (longest: {longest}); collect more episodes"}
     else:
         w = episode_windows(episodes, context + max(horizons), stride=max(horizons))
         rep = evaluate_open_loop(model, w["obs"], w["actions"], w["is_first"], context, horizons, seed=seed)

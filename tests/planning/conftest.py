@@ -149,3 +149,12 @@ def toys() -> SimpleNamespace:
     return SimpleNamespace(ChainModel=ChainModel, chain_reward=chain_reward, LinearModel=LinearModel,
                            linear=lambda: LinearModel(A_LIN, B_LIN), linear_state=linear_state, lq_reward=lq_reward,
                            lq_cost=lq_cost, lq_optimum=lq_optimum)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Planner tests run tiny ops; extra intra-op threads only add contention on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -132,3 +132,21 @@ def test_planning_on_the_oracle_solves_lavakeydoor(name):
     rate, lava, _ = run_lavakeydoor(name, episodes=20, horizon=15, num_samples=256, **(
         dict(num_elites=25, iterations=3) if name == "discrete_cem" else {}))
     assert rate >= 0.8 and lava == 0
+
+
+def test_cem_on_the_pointmass_oracle_reaches_the_goal():
+    world = PointMass(1, seed=0)
+    oracle = oracle_model(world)
+    reward_fn = oracle.true_reward(RewardSpec("-dist_to_goal - 10 * in_hazard", constraints=("never in_hazard",)))
+    planner = make_planner("cem", oracle, reward_fn, 15, num_samples=128, num_elites=16, iterations=3, seed=0)
+    outcomes = []
+    for ep in range(3):
+        world.reset(seed=200 + ep)
+        planner.reset()
+        for _ in range(world.params.max_steps):
+            action, info = planner.plan(oracle.state_of(world))
+            res = world.step(action.numpy()[None].astype(np.float64))
+            if res.terminated[0] or res.truncated[0]:
+                break
+        outcomes.append((bool(res.success[0]), bool(res.violation[0])))
+    assert outcomes == [(True, False)] * 3

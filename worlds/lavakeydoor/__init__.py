@@ -7,7 +7,7 @@ Importing this package registers the world as ``"lavakeydoor"`` and the gymnasiu
 
 from worlds.gym_env import register_gym_id
 from worlds.lavakeydoor.layout import CELL_NAMES, FAMILIES, OOD_FAMILIES, TRAIN_FAMILIES, Layouts
-from worlds.lavakeydoor.world import LavaKeyDoor, LavaKeyDoorParams, make_schema
+from worlds.lavakeydoor.world import LavaKeyDoor, LavaKeyDoorParams, LavaKeyDoorState, make_schema
 from worlds.registry import register_world
 
 register_world(LavaKeyDoor, LavaKeyDoorParams)
@@ -18,6 +18,7 @@ __all__ = [
     "FAMILIES",
     "LavaKeyDoor",
     "LavaKeyDoorParams",
+    "LavaKeyDoorState",
     "Layouts",
     "OOD_FAMILIES",
     "TRAIN_FAMILIES",

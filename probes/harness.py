@@ -1,0 +1,343 @@
+"""The probe harness: a trained dynamics model's latents + true concepts -> comparable probe results and an Ontology.
+
+``run_harness(store, schema, methods, sites)`` does, for every method x site x concept:
+
+1. **fit** on the TRAIN split (normalisation statistics from train only) over the method's grid
+   (:mod:`probes.grids`; linear: every concept x l2 on a site in one batched pass), the grid point
+   chosen on the VAL split;
+2. **score** on the ``"test"`` and ``"ood"`` splits with every metric of the concept's kind
+   (:func:`probes.metrics.metric_names`), each with a 95% percentile interval from a bootstrap over
+   EPISODES (over (seed, episode) when several probe seeds are fitted);
+3. **selectivity** (split ``"test"``): the validation metric (balanced accuracy / R^2) of the task
+   probe minus that of the same method and hyperparameters trained on control labels (one random
+   label per observation type; types computed ONCE over the observations of all the store's
+   splits), with a paired episode-bootstrap interval;
+4. **MDL** (split ``"test"``, only for ``mdl_methods``, linear by default because it is batched):
+   online-code compression of the test rows for the task (``"compression"``) and the control task
+   (``"compression_control"``), see :mod:`probes.codelength`; the block probes use the task probe's
+   chosen hyperparameters (scalar concepts are coded as quantile bins, by the linear method with
+   ``l2 = BINNED_SCALAR_L2``).
+
+Baselines beside every score (same splits and metrics): ``"prior"`` (site ``"none"``: the training
+label prior), ``"observation"`` (site ``"obs"``: ``baseline_method`` on the current observation
+flattened to float) and ``"random_model"`` (``baseline_method`` on the same site of ``random_store``,
+latents of a randomly initialised model of the same architecture). ``baseline_method`` defaults to
+the most flexible requested method (``mlp`` when requested), so the baselines are not weaker probes
+than the ones they sit beside.
+
+The :class:`~probes.ontology.Ontology` is chosen from validation scores only (:data:`probes.ontology.RULE`).
+
+Speed: linear fits use every training row; other methods train on at most ``max_train_rows[method]``
+rows (default 20000, drawn with ``seed``), so a default lavakeydoor run stays within minutes on CPU.
+Concepts with one class (or a constant value) in the training split are skipped and listed in
+``HarnessResult.skipped``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from probes.base import Probe, ProbeError
+from probes.codelength import coded_concept, compression_rows, mdl_subsample
+from probes.control import control_labels, observation_types, selectivity
+from probes.extract import LatentStore, write_json
+from probes.grids import DEFAULT_GRIDS, GridFit, as_tensor, fit_method
+from probes.metrics import concept_estimates, metric_objects, prior_predictions
+from probes.ontology import RULE, Ontology, select_ontology, validation_metric
+from probes.registry import method_names
+from probes.results import ResultRow, write_results_csv
+from probes.stats import Estimate, bootstrap_seeds
+from worlds.concepts import Concept, ConceptSchema
+
+DEFAULT_MAX_TRAIN_ROWS: dict[str, int | None] = {"linear": None, "sparse": 20000, "mlp": 20000, "sae": 20000}
+NO_SITE = "none"
+"""Site of the ``"prior"`` rows (the prior reads no latent)."""
+OBS_SITE = "obs"
+"""Site of the ``"observation"`` rows."""
+BINNED_SCALAR_L2 = 1e-2
+"""l2 of the linear multinomial probe that codes a scalar concept's quantile bins in the MDL rows."""
+_PROBA_METRICS = ("auroc", "ece")
+Key = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class HarnessResult:
+    """Rows of ``results.csv``, the chosen :class:`Ontology`, and every fitted (chosen) probe by ``(method, site, concept)``."""
+
+    rows: tuple[ResultRow, ...]
+    ontology: Ontology
+    fitted: Mapping[Key, Probe]
+    val_scores: Mapping[Key, float]
+    hparams: Mapping[Key, dict[str, Any]]
+    skipped: Mapping[str, str]
+    """What was not computed and why (``concept``, ``method/site/concept``, ``random_model``, ``split:<name>``)."""
+    settings: Mapping[str, Any]
+    seconds: float
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write ``results.csv``, ``ontology/`` and ``harness.json`` (settings, choices, skips) into ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_results_csv(self.rows, out / "results.csv")
+        self.ontology.save(out / "ontology")
+        join = lambda d: {"/".join(k): v for k, v in d.items()}  # noqa: E731
+        write_json(out / "harness.json", {"settings": self.settings, "val_scores": join(self.val_scores),
+                                          "hparams": join(self.hparams), "skipped": dict(self.skipped),
+                                          "seconds": self.seconds, "ontology": self.ontology.summary()})
+        return out
+
+
+def _check(what: str, given: Sequence[str], allowed: Sequence[str]) -> list[str]:
+    bad = [g for g in given if g not in allowed]
+    if bad or not given:
+        raise ProbeError(f"unknown {what}(s) {bad or '(none given)'}; allowed: {', '.join(allowed)}")
+    return list(given)
+
+
+def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str], sites: Sequence[str], *,
+                concepts: Sequence[str] | None = None, splits: Sequence[str] = ("test", "ood"), seeds: Sequence[int] = (0,),
+                lambdas: Sequence[float] | None = None, grids: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+                max_train_rows: Mapping[str, int | None] | None = None, n_boot: int = 1000, seed: int = 0,
+                baselines: bool = True, baseline_method: str | None = None, random_store: LatentStore | None = None,
+                control: bool = True, mdl: bool = True, mdl_methods: Sequence[str] = ("linear",), mdl_shuffles: int = 3,
+                mdl_max_rows: int | None = 10000, mdl_bins: int = 10, device: torch.device | str = "cpu",
+                dtype: torch.dtype = torch.float32, progress: bool = True) -> HarnessResult:
+    """Fit, score, compare and choose (see the module docstring). ``lambdas`` overrides the linear grid's l2 values;
+    ``grids[method]`` any method's grid (a list of hyperparameter dicts; defaults in :data:`probes.grids.DEFAULT_GRIDS`)."""
+    t0 = time.perf_counter()
+    methods = _check("probe method", methods, method_names())
+    sites = _check("site", sites, store.site_names)
+    names = _check("concept", list(concepts) if concepts is not None else list(schema.names), schema.names)
+    _check("concept", names, store.schema.names)
+    _check("metric split", splits, ("test", "ood"))
+    for need in ("train", "val"):
+        _check("store split", [need], store.splits)
+    baseline_method = baseline_method or ("mlp" if "mlp" in methods else methods[0])
+    _check("baseline method", [baseline_method], method_names())
+    _check("mdl method", list(mdl_methods) or ["linear"], method_names())
+    grid = {m: tuple(dict(g) for g in DEFAULT_GRIDS.get(m, ({},))) for m in method_names()}
+    _check("grid method", list(grids or {}) or ["linear"], method_names())
+    grid.update({m: tuple(dict(g) for g in gs) for m, gs in (grids or {}).items()})
+    if lambdas is not None:
+        grid["linear"] = tuple({"l2": float(v)} for v in sorted(lambdas, reverse=True))
+    max_rows = {**DEFAULT_MAX_TRAIN_ROWS, **(max_train_rows or {})}
+    seeds = [int(s) for s in seeds] or [0]
+    skipped: dict[str, str] = {}
+    eval_splits = [s for s in splits if s in store.splits]
+    skipped.update({f"split:{s}": "not in the latent store" for s in splits if s not in store.splits})
+    if random_store is not None:
+        _check("random-model site", sites, random_store.site_names)
+        for s in ("train", "val", *eval_splits):
+            if s not in random_store.splits or not np.array_equal(random_store.episodes(s), store.episodes(s)):
+                raise ProbeError(f"random_store must hold the same episodes as store on split {s!r}; extract both from one dataset")
+
+    used = ["train", "val", *eval_splits]
+    labels = {s: {n: np.array(v) for n, v in store.concepts(s).items() if n in names} for s in used}
+    groups = {s: np.array(store.episodes(s)) for s in used}
+    cs: list[Concept] = []
+    for n in names:
+        c, y = schema[n], labels["train"][n]
+        if (np.std(y) == 0) if c.kind == "scalar" else (np.unique(y).size < 2):
+            skipped[n] = "one class (or a constant value) in the training split: no probe can be fitted"
+            warnings.warn(f"harness: concept {n!r} skipped: {skipped[n]}", stacklevel=2)
+        else:
+            cs.append(c)
+    ctrl = _control_labels(store, cs, used, seed) if control else {}
+    settings = {"methods": methods, "sites": sites, "concepts": [c.name for c in cs], "splits": eval_splits, "seeds": seeds,
+                "grids": {m: list(grid[m]) for m in methods}, "max_train_rows": max_rows, "n_boot": n_boot, "seed": seed,
+                "baselines": baselines, "baseline_method": baseline_method, "control": control, "mdl": mdl,
+                "mdl_methods": list(mdl_methods), "mdl_shuffles": mdl_shuffles, "mdl_max_rows": mdl_max_rows,
+                "mdl_bins": mdl_bins, "device": str(device), "dtype": str(dtype), "store": store.key_hash,
+                "random_store": None if random_store is None else random_store.key_hash, "ontology_rule": RULE}
+    ctx = _Ctx(labels, groups, ctrl, grid, max_rows, seeds, n_boot, seed, device, dtype, skipped)
+
+    rows: list[ResultRow] = []
+    fits: dict[Key, GridFit] = {}
+    units = len(sites) * len(methods) + (1 + len(sites) * (random_store is not None) if baselines else 0)
+    with tqdm(total=units, disable=not progress, desc="probe harness", unit="fit") as bar:
+        for site in sites:
+            xs = {s: store.site(s, site) for s in used}
+            for method in methods:
+                bar.set_postfix_str(f"{method} @ {site}")
+                task, control_fits = ctx.fit(method, site, xs, cs, with_control=control)
+                fits.update({(method, site, n): f for n, f in task.items()})
+                rows += ctx.score_rows(method, site, task, xs, eval_splits)
+                for n, cf in control_fits.items():
+                    rows.append(ctx.selectivity_row(method, site, schema[n], task[n], cf, xs["test"]))
+                if mdl and method in mdl_methods and "test" in eval_splits:
+                    rows += ctx.mdl_rows(method, site, task, control_fits, xs["test"], mdl_shuffles, mdl_max_rows, mdl_bins)
+                bar.update(1)
+        if baselines:
+            rows += ctx.prior_rows(cs, eval_splits)
+            obs = {s: np.asarray(store.obs(s)).reshape(store.n(s), -1).astype(np.float32) for s in used}
+            bar.set_postfix_str(f"observation ({baseline_method})")
+            task, _ = ctx.fit(baseline_method, OBS_SITE, obs, cs, with_control=False)
+            rows += ctx.score_rows("observation", OBS_SITE, task, obs, eval_splits)
+            bar.update(1)
+            if random_store is None:
+                skipped["random_model"] = "no random_store given"
+            for site in sites if random_store is not None else ():
+                bar.set_postfix_str(f"random model ({baseline_method}) @ {site}")
+                xr = {s: random_store.site(s, site) for s in used}
+                task, _ = ctx.fit(baseline_method, site, xr, cs, with_control=False)
+                rows += ctx.score_rows("random_model", site, task, xr, eval_splits)
+                bar.update(1)
+
+    ontology = select_ontology({k: (f.chosen[0], f.val_score) for k, f in fits.items()}, cs, store.site_shapes, sites)
+    return HarnessResult(tuple(rows), ontology, {k: f.chosen[0] for k, f in fits.items()},
+                         {k: f.val_score for k, f in fits.items()}, {k: f.hparams for k, f in fits.items()},
+                         skipped, settings, time.perf_counter() - t0)
+
+
+def _control_labels(store: LatentStore, cs: Sequence[Concept], used: Sequence[str], seed: int) -> dict[str, dict[str, np.ndarray]]:
+    """Control labels per used split, from observation types computed once over ALL the store's splits."""
+    all_splits = store.splits
+    types = observation_types(np.concatenate([np.asarray(store.obs(s)) for s in all_splits]))
+    ends = np.cumsum([store.n(s) for s in all_splits])
+    out: dict[str, dict[str, np.ndarray]] = {s: {} for s in used}
+    for c in cs:
+        y_all = np.concatenate([np.asarray(store.concepts(s)[c.name]) for s in all_splits])
+        parts = np.split(control_labels(types, y_all, c.kind, seed=seed), ends[:-1])
+        for s, part in zip(all_splits, parts):
+            if s in out:
+                out[s][c.name] = part
+    return out
+
+
+@dataclass
+class _Ctx:
+    """Shared arrays and settings of one harness run (fitting, scoring and row making)."""
+
+    labels: dict[str, dict[str, np.ndarray]]
+    groups: dict[str, np.ndarray]
+    ctrl: dict[str, dict[str, np.ndarray]]
+    grid: dict[str, tuple[dict[str, Any], ...]]
+    max_rows: dict[str, int | None]
+    seeds: list[int]
+    n_boot: int
+    seed: int
+    device: Any
+    dtype: torch.dtype
+    skipped: dict[str, str]
+
+    def fit(self, method: str, site: str, xs: Mapping[str, np.ndarray], cs: Sequence[Concept], *,
+            with_control: bool) -> tuple[dict[str, GridFit], dict[str, GridFit]]:
+        """Task fits (grid chosen on val) and, if asked, control fits at the task's chosen grid points."""
+        n = xs["train"].shape[0]
+        limit = self.max_rows.get(method)
+        idx = np.arange(n) if limit is None or n <= limit else np.sort(np.random.default_rng(self.seed).choice(n, limit, replace=False))
+        x, xv = as_tensor(xs["train"][idx], self.device, self.dtype), as_tensor(xs["val"], self.device, self.dtype)
+
+        def fittable(y: np.ndarray, c: Concept) -> bool:
+            return bool(np.std(y) > 0) if c.kind == "scalar" else np.unique(y).size >= 2
+
+        ok = [c for c in cs if fittable(self.labels["train"][c.name][idx], c)]
+        for c in cs:
+            if c not in ok:
+                self.skipped[f"{method}/{site}/{c.name}"] = "one class in the subsampled training rows"
+        ys = {c.name: as_tensor(self.labels["train"][c.name][idx]) for c in ok}
+        yv = {c.name: as_tensor(self.labels["val"][c.name]) for c in ok}
+        kw = dict(device=self.device, dtype=self.dtype)
+        task = fit_method(method, x, ys, xv, yv, ok, self.grid[method], seeds=self.seeds, **kw) if ok else {}
+        if not with_control or not self.ctrl:
+            return task, {}
+        cc = [c for c in ok if fittable(self.ctrl["train"][c.name][idx], c)]
+        for c in ok:
+            if c not in cc:
+                self.skipped[f"{method}/{site}/{c.name}/control"] = "control labels have one class in training"
+        if not cc:
+            return task, {}
+        yc = {c.name: as_tensor(self.ctrl["train"][c.name][idx]) for c in cc}
+        ycv = {c.name: as_tensor(self.ctrl["val"][c.name]) for c in cc}
+        control = fit_method(method, x, yc, xv, ycv, cc, self.grid[method], seeds=self.seeds[:1],
+                             choose={c.name: task[c.name].best for c in cc}, **kw)
+        return task, control
+
+    def _predict(self, probes: Sequence[Probe], x: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+        xt = as_tensor(x, self.device, self.dtype)
+        scalar = probes[0].concept.kind == "scalar"
+        preds = [p.predict(xt).cpu().numpy() for p in probes]
+        probas = [None if scalar else p.predict_proba(xt).double().cpu().numpy() for p in probes]
+        return preds, probas
+
+    def estimates(self, c: Concept, probes: Sequence[Probe], x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, Estimate]:
+        preds, probas = self._predict(probes, x)
+        k = c.num_classes or None
+        if len(probes) == 1:
+            return concept_estimates(c.kind, y, preds[0], probas[0], groups=groups, num_classes=k, n_boot=self.n_boot, seed=self.seed)
+        out = {}
+        for name, metric in metric_objects(c.kind, c.num_classes).items():
+            arrays = [(y, pr if name in _PROBA_METRICS else pd) for pd, pr in zip(preds, probas)]
+            out[name] = bootstrap_seeds(metric, arrays, groups=[groups] * len(probes), n_boot=self.n_boot, seed=self.seed)
+        return out
+
+    def score_rows(self, method: str, site: str, fits: Mapping[str, GridFit], xs: Mapping[str, np.ndarray],
+                   splits: Sequence[str]) -> list[ResultRow]:
+        rows = []
+        for n, f in fits.items():
+            c = f.chosen[0].concept
+            for s in splits:
+                for metric, est in self.estimates(c, f.chosen, xs[s], self.labels[s][n], self.groups[s]).items():
+                    rows.append(ResultRow.from_estimate(method, site, n, s, metric, est))
+        return rows
+
+    def prior_rows(self, cs: Sequence[Concept], splits: Sequence[str]) -> list[ResultRow]:
+        rows = []
+        for c in cs:
+            for s in splits:
+                y = self.labels[s][c.name]
+                pred, proba = prior_predictions(c.kind, self.labels["train"][c.name], len(y), num_classes=c.num_classes or None)
+                ests = concept_estimates(c.kind, y, pred, proba, groups=self.groups[s], num_classes=c.num_classes or None,
+                                         n_boot=self.n_boot, seed=self.seed)
+                rows += [ResultRow.from_estimate("prior", NO_SITE, c.name, s, m, e) for m, e in ests.items()]
+        return rows
+
+    def selectivity_row(self, method: str, site: str, c: Concept, task: GridFit, ctrl: GridFit, x_test: np.ndarray) -> ResultRow:
+        (pt,), _ = self._predict(task.chosen[:1], x_test)
+        (pc,), _ = self._predict(ctrl.chosen[:1], x_test)
+        metric = metric_objects(c.kind, c.num_classes)[validation_metric(c)]
+        est = selectivity(metric, (self.labels["test"][c.name], pt), (self.ctrl["test"][c.name], pc),
+                          groups=self.groups["test"], n_boot=self.n_boot, seed=self.seed)
+        return ResultRow.from_estimate(method, site, c.name, "test", "selectivity", est)
+
+    def mdl_rows(self, method: str, site: str, task: Mapping[str, GridFit], ctrl: Mapping[str, GridFit],
+                 x_test: np.ndarray, shuffles: int, max_rows: int | None, n_bins: int) -> list[ResultRow]:
+        idx = mdl_subsample(x_test.shape[0], max_rows, self.seed)
+        targets = []
+        for n, f in task.items():
+            c = f.chosen[0].concept
+            y, yc = self.labels["test"][n][idx], (self.ctrl["test"][n][idx] if n in ctrl else None)
+            coded, yk, yck = coded_concept(c, y, yc, n_bins)
+            if coded.num_classes < 2:
+                self.skipped[f"{method}/{site}/{n}/mdl"] = "the coded test labels have one bin"
+                continue
+            hp = _fitter_hparams(method, f)
+            if c.kind == "scalar" and method == "linear":  # a ridge l2 means nothing to the multinomial on bins
+                hp = {"l2": BINNED_SCALAR_L2}
+            targets.append((n, coded, yk, hp))
+            if yck is not None:
+                targets.append((f"{n}\ncontrol", coded, yck, hp))
+        if not targets:
+            return []
+        ests = compression_rows(method, np.array(x_test[idx], np.float32), targets, shuffles=shuffles, seed=self.seed,
+                                device=self.device, dtype=self.dtype)
+        return [ResultRow.from_estimate(method, site, tid.split("\n")[0], "test",
+                                        "compression_control" if tid.endswith("\ncontrol") else "compression", e)
+                for tid, e in ests.items()]
+
+
+def _fitter_hparams(method: str, fit: GridFit) -> dict[str, Any]:
+    """The chosen grid point as ``make_fitter`` keywords (sparse: the absolute l1 its fraction resolved to)."""
+    if method == "sparse":
+        hp = fit.chosen[0].hparams
+        return {k: hp[k] for k in ("l1", "max_iter", "tol") if k in hp}
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in fit.hparams.items()}
+

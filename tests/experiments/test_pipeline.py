@@ -1,0 +1,88 @@
+"""`ontolab run` end to end on a tiny budget: the run folder, summary.json, stage caching, the lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments.cache import RunLockedError, run_lock
+from experiments.config import ConfigError
+from experiments.pipeline import run_pipeline
+from experiments.schema import resolve
+
+ONTOLAB = str(Path(sys.executable).parent / "ontolab")
+TINY = ["data.episodes=40", "data.ood_episodes=8", "data.num_envs=8", "dynamics.max_steps=6",
+        "dynamics.val_every=3", "dynamics.batch_size=4", "dynamics.window=16", "wandb.mode=disabled",
+        "dynamics.hparams.deter=32", "dynamics.hparams.hidden=32", "dynamics.hparams.embed=32",
+        "dynamics.hparams.stoch=4", "dynamics.hparams.classes=4"]
+
+
+def tiny(tmp_path: Path, *extra: str):
+    return resolve([f"out={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}", *TINY, *extra])
+
+
+@pytest.mark.slow
+def test_quickstart_command_end_to_end(tmp_path):
+    env = dict(os.environ, WANDB_MODE="offline")
+    r = subprocess.run([ONTOLAB, "quickstart", f"out={tmp_path / 'run'}", *TINY], cwd=tmp_path,
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "report:" in r.stdout
+    run = tmp_path / "run"
+    for name in ("config.yaml", "summary.json", "report.md", "data", "dynamics"):
+        assert (run / name).exists(), name
+    s = json.loads((run / "summary.json").read_text())
+    assert s["world"] == "lavakeydoor" and s["seed"] == 0
+    assert s["data"]["episodes"] == 48 and s["data"]["transitions"] > 0
+    assert set(s["data"]["base_rates"]) >= {"has_key", "in_lava", "steps_to_goal"}
+    assert all(isinstance(v, float) for v in s["data"]["base_rates"].values())
+    assert s["dynamics"]["model"] == "rssm" and isinstance(s["dynamics"]["val_loss"], float)
+    assert set(s["dynamics"]["open_loop_error"]) == {"1", "5", "15"}
+    for key in ("probes", "ontology", "planning", "timings"):
+        assert key in s
+    assert set(s["timings"]) >= {"data", "dynamics"}
+    assert "## Dynamics" in (run / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_stages_are_cached_and_invalidated(tmp_path):
+    first = run_pipeline(tiny(tmp_path), progress=False)
+    assert not any(s.reused for s in first.stages.values())
+    again = run_pipeline(tiny(tmp_path), progress=False)
+    assert all(s.reused for s in again.stages.values())
+    assert again.summary["data"] == first.summary["data"]
+
+    # another training setting reuses the dataset and retrains the model (into a new run folder)
+    other = run_pipeline(tiny(tmp_path / "b", f"cache_dir={tmp_path / 'cache'}", "dynamics.lr=0.002"), progress=False)
+    assert other.stages["data"].reused and not other.stages["dynamics"].reused
+    # a changed world setting redoes everything downstream
+    world = run_pipeline(tiny(tmp_path / "c", f"cache_dir={tmp_path / 'cache'}", "world.size=11"), progress=False)
+    assert not world.stages["data"].reused and not world.stages["dynamics"].reused
+
+
+def test_run_folder_with_another_config_is_refused(tmp_path):
+    cfg = tiny(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("seed: 5\n")
+    with pytest.raises(ConfigError, match="holds a run with a different config"):
+        run_pipeline(cfg, progress=False)
+    assert (tmp_path / "run" / "config.yaml").read_text() == "seed: 5\n"
+
+
+def test_second_process_is_locked_out(tmp_path):
+    with run_lock(tmp_path / "run"):
+        code = ("import sys; from pathlib import Path; from experiments.cache import run_lock\n"
+                f"with run_lock(Path({str(tmp_path / 'run')!r})): pass")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert r.returncode != 0 and "in use by another ontolab process" in r.stderr
+    with run_lock(tmp_path / "run"):  # released again
+        pass
+    with pytest.raises(RunLockedError):
+        with run_lock(tmp_path / "run"):
+            with run_lock(tmp_path / "run"):
+                pass

@@ -1,0 +1,144 @@
+"""The probe harness on a real (tiny) lavakeydoor run and on planted synthetic latents."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from probes.base import ProbeError
+from probes.extract import LatentStore
+from probes.harness import NO_SITE, OBS_SITE, run_harness
+from probes.metrics import metric_names
+from probes.ontology import Ontology
+from probes.results import read_results_csv
+
+METHODS = ["linear", "sparse", "mlp"]
+FAST = dict(n_boot=100, mdl_shuffles=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def real(lkd):
+    return run_harness(lkd.store, lkd.ds.schema, METHODS, list(lkd.sites), random_store=lkd.random_store, **FAST)
+
+
+@pytest.fixture(scope="module")
+def synth(planted):
+    return run_harness(planted.store, planted.schema, ["linear", "mlp"], ["signal", "noise"], **FAST)
+
+
+def _rows(result):
+    return {(r.method, r.site, r.concept, r.split, r.metric): r for r in result.rows}
+
+
+def test_rows_for_every_method_site_concept_split_metric(real, lkd):
+    rows = _rows(real)
+    assert len(rows) == len(real.rows), "duplicate (method, site, concept, split, metric) rows"
+    concepts = real.settings["concepts"]
+    assert len(concepts) >= 6 and set(concepts) | {k for k in real.skipped} >= set(lkd.ds.schema.names)
+    assert real.settings["splits"] == ["test", "ood"]
+    for c in concepts:
+        kind = lkd.ds.schema[c].kind
+        for split in ("test", "ood"):
+            for metric in metric_names(kind):
+                assert ("prior", NO_SITE, c, split, metric) in rows
+                assert ("observation", OBS_SITE, c, split, metric) in rows
+                for site in lkd.sites:
+                    assert ("random_model", site, c, split, metric) in rows
+                    for m in METHODS:
+                        assert (m, site, c, split, metric) in rows
+        for site in lkd.sites:
+            for m in METHODS:
+                assert (m, site, c, "test", "selectivity") in rows
+            assert ("linear", site, c, "test", "compression") in rows
+            assert ("linear", site, c, "test", "compression_control") in rows
+    assert set(real.fitted) == {(m, s, c) for m in METHODS for s in lkd.sites for c in concepts}
+
+
+def test_intervals_bracket_their_estimates(real):
+    finite = [r for r in real.rows if all(math.isfinite(v) for v in (r.estimate, r.ci_low, r.ci_high))]
+    assert len(finite) >= 0.9 * len(real.rows)
+    for r in finite:
+        assert r.ci_low <= r.estimate + 1e-9 and r.estimate <= r.ci_high + 1e-9, r
+
+
+def test_ontology_is_the_validation_argmax(real, lkd):
+    assert set(real.ontology.concepts) == set(real.settings["concepts"])
+    for c in real.ontology.concepts:
+        e = real.ontology[c]
+        best = max(v for (m, s, n), v in real.val_scores.items() if n == c)
+        assert e.val_score == best == real.val_scores[(e.method, e.site, c)]
+        assert e.site in lkd.sites and e.method in METHODS
+
+
+def test_save_writes_results_and_a_loadable_ontology(real, tmp_path):
+    out = real.save(tmp_path / "probes")
+    assert read_results_csv(out / "results.csv") == list(real.rows)
+    assert Ontology.load(out / "ontology").summary() == real.ontology.summary()
+    assert (out / "harness.json").is_file()
+
+
+def test_planted_site_is_chosen_and_selective(synth):
+    rows = _rows(synth)
+    assert synth.ontology.summary() == {c: {"method": "linear", "site": "signal"} for c in ("flag", "level", "room")}
+    sel = rows[("linear", "signal", "flag", "test", "selectivity")]
+    assert sel.estimate > 0.2 and sel.ci_low > 0.1
+    assert rows[("linear", "signal", "flag", "test", "balanced_accuracy")].estimate > 0.95
+    assert rows[("linear", "signal", "level", "test", "r2")].estimate > 0.95
+    noise = rows[("linear", "noise", "flag", "test", "balanced_accuracy")]
+    assert abs(noise.estimate - 0.5) < 0.06
+    assert abs(rows[("linear", "noise", "flag", "test", "selectivity")].estimate) < 0.06
+    assert rows[("linear", "signal", "flag", "test", "compression")].estimate > rows[("linear", "noise", "flag", "test", "compression")].estimate
+    assert rows[("linear", "signal", "room", "test", "compression")].estimate > rows[("linear", "signal", "room", "test", "compression_control")].estimate
+    assert synth.skipped == {"random_model": "no random_store given"}
+
+
+def test_permuting_test_labels_does_not_change_the_ontology(planted, synth, tmp_path):
+    st = planted.store
+    rng = np.random.default_rng(5)
+    concepts = {s: {n: np.array(v) for n, v in st.concepts(s).items()} for s in st.splits}
+    perm = rng.permutation(st.n("test"))
+    concepts["test"] = {n: v[perm] for n, v in concepts["test"].items()}
+    shuffled = LatentStore.from_arrays(
+        tmp_path / "shuffled", schema=planted.schema, concepts=concepts,
+        sites={s: {n: np.array(st.site(s, n)) for n in st.site_names} for s in st.splits},
+        episodes={s: np.array(st.episodes(s)) for s in st.splits}, obs={s: np.array(st.obs(s)) for s in st.splits})
+    again = run_harness(shuffled, planted.schema, ["linear", "mlp"], ["signal", "noise"], **FAST)
+    assert again.ontology.summary() == synth.ontology.summary()
+    assert again.val_scores == synth.val_scores
+    before, after = _rows(synth), _rows(again)
+    key = ("linear", "signal", "flag", "test", "balanced_accuracy")
+    assert after[key].estimate < before[key].estimate - 0.3  # the test rows did see the permutation
+
+
+def test_seeded_runs_repeat_exactly(planted, synth):
+    again = run_harness(planted.store, planted.schema, ["linear", "mlp"], ["signal", "noise"], **FAST)
+    assert again.rows == synth.rows
+
+
+def test_several_probe_seeds_give_a_seed_and_episode_interval(planted):
+    res = run_harness(planted.store, planted.schema, ["mlp"], ["signal"], seeds=(0, 1), control=False, mdl=False,
+                      baselines=False, concepts=["flag"], **{k: v for k, v in FAST.items() if k != "mdl_shuffles"})
+    row = _rows(res)[("mlp", "signal", "flag", "test", "balanced_accuracy")]
+    assert row.ci_low <= row.estimate <= row.ci_high and row.estimate > 0.9
+
+
+def test_bad_inputs_name_what_is_allowed(planted):
+    st, schema = planted.store, planted.schema
+    with pytest.raises(ProbeError, match=r"unknown concept\(s\) \['door'\]; allowed: flag, level, room"):
+        run_harness(st, schema, ["linear"], ["signal"], concepts=["door"])
+    with pytest.raises(ProbeError, match=r"unknown site\(s\) \['deter'\]; allowed: noise, signal"):
+        run_harness(st, schema, ["linear"], ["deter"])
+    with pytest.raises(ProbeError, match=r"unknown probe method\(s\) \['ridge'\]; allowed: linear, mlp, sae, sparse"):
+        run_harness(st, schema, ["ridge"], ["signal"])
+    with pytest.raises(ProbeError, match=r"unknown metric split\(s\) \['val'\]"):
+        run_harness(st, schema, ["linear"], ["signal"], splits=["val"])
+
+
+def test_all_methods_run_including_sae(planted):
+    res = run_harness(planted.store, planted.schema, ["sae", "sparse"], ["signal"], concepts=["flag"], **FAST)
+    counts = Counter(r.method for r in res.rows)
+    assert counts["sae"] and counts["sparse"] and counts["observation"] and counts["prior"]
+    assert res.ontology["flag"].method in ("sae", "sparse")
