@@ -84,18 +84,11 @@ class GRUConfig:
             raise ValueError(f"encoder must be one of {ENCODER_KINDS}, got {self.encoder!r}")
 
 
-class GRUModel(DynamicsModel):
-    """Deterministic latent model with observation dropout (see the module docstring)."""
-
-    name: ClassVar[str] = "gru"
-
-    def __init__(self, obs_spec: ObsSpec, action_spec: ActionSpec, config: GRUConfig = GRUConfig()):
-        super().__init__()
-        self.obs_spec, self.action_spec, self.config = obs_spec, action_spec, config
-        c = config
-        self.encoder = ObsEncoder(obs_spec, c.embed, c.hidden, c.encoder, c.conv_depth, c.symlog)
-        self.core = BlankableGRU(c.embed, action_spec.input_dim, c.hidden, c.deter)
-        self.decoder = ObsDecoder(obs_spec, c.deter, c.hidden, c.encoder, c.conv_depth)
+class RecurrentLatentModel(DynamicsModel):
+    """Shared core of the deterministic recurrent models (GRU, SPR): ``self.encoder`` embeds each
+    observation, ``self.core`` (a :class:`BlankableGRU`) filters embeddings and actions into ``deter``.
+    Sites: ``embed [E]``, ``deter [D]``, ``feat [D]`` (= ``deter``). Subclasses set ``config`` (with
+    ``embed`` and ``deter``), ``encoder`` and ``core``, and add their decoder or predictor and loss."""
 
     @property
     def sites(self) -> dict[str, tuple[int, ...]]:
@@ -124,6 +117,29 @@ class GRUModel(DynamicsModel):
             deter = self.core(None, act.new_zeros(b, h), act, state["deter"])
         return LatentState({"deter": deter, "feat": deter})
 
+    def _filter(self, obs: Tensor, actions: Tensor, is_first: Tensor, mask: Tensor) -> LatentState:
+        check_sequence(obs, actions, is_first, self.obs_spec, self.action_spec)
+        b = obs.shape[0]
+        keep = (~is_first.bool()).float().unsqueeze(-1)
+        embed = rearrange(self.encoder(flatten_bt(obs)), "(b t) e -> b t e", b=b)
+        act = embed_actions(actions, self.action_spec) * keep
+        deter = self.core(embed, mask, act, self.initial(b)["deter"], is_first)
+        return LatentState({"embed": embed, "deter": deter, "feat": deter})
+
+
+class GRUModel(RecurrentLatentModel):
+    """Deterministic latent model with observation dropout (see the module docstring)."""
+
+    name: ClassVar[str] = "gru"
+
+    def __init__(self, obs_spec: ObsSpec, action_spec: ActionSpec, config: GRUConfig = GRUConfig()):
+        super().__init__()
+        self.obs_spec, self.action_spec, self.config = obs_spec, action_spec, config
+        c = config
+        self.encoder = ObsEncoder(obs_spec, c.embed, c.hidden, c.encoder, c.conv_depth, c.symlog)
+        self.core = BlankableGRU(c.embed, action_spec.input_dim, c.hidden, c.deter)
+        self.decoder = ObsDecoder(obs_spec, c.deter, c.hidden, c.encoder, c.conv_depth)
+
     def decode(self, state: LatentState) -> Tensor:
         """Predicted observation ``[*lead *obs]`` (channel logits for symbolic obs)."""
         return decode_with(self.decoder, state["feat"], self.obs_spec, self.config.symlog)
@@ -140,11 +156,3 @@ class GRUModel(DynamicsModel):
                    "recon_blank": (per_step * (1 - m)).sum() / (1 - m).sum().clamp(min=1)}
         return LossOutput(loss, {k: v.detach() for k, v in metrics.items()}, state.map(torch.Tensor.detach))
 
-    def _filter(self, obs: Tensor, actions: Tensor, is_first: Tensor, mask: Tensor) -> LatentState:
-        check_sequence(obs, actions, is_first, self.obs_spec, self.action_spec)
-        b = obs.shape[0]
-        keep = (~is_first.bool()).float().unsqueeze(-1)
-        embed = rearrange(self.encoder(flatten_bt(obs)), "(b t) e -> b t e", b=b)
-        act = embed_actions(actions, self.action_spec) * keep
-        deter = self.core(embed, mask, act, self.initial(b)["deter"], is_first)
-        return LatentState({"embed": embed, "deter": deter, "feat": deter})

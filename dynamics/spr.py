@@ -21,18 +21,17 @@ Sites (``b`` batch, ``t`` time): ``embed [E]`` (``observe`` only), ``deter [D]``
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from dynamics.base import ActionSpec, DynamicsModel, LatentState, LossOutput, ObsSpec
-from dynamics.gru import BlankableGRU, observed_prefix
-from dynamics.networks import ENCODER_KINDS, ObsEncoder, check_sequence, embed_actions, flatten_bt, mlp, plain_specs
+from dynamics.base import ActionSpec, LatentState, LossOutput, ObsSpec
+from dynamics.gru import BlankableGRU, RecurrentLatentModel, observed_prefix
+from dynamics.networks import ENCODER_KINDS, ObsEncoder, flatten_bt, mlp
 
 
 def effective_rank(x: Tensor, eps: float = 1e-12) -> Tensor:
@@ -88,7 +87,7 @@ class SPRConfig:
             raise ValueError(f"ema must lie in [0, 1], got {self.ema!r}")
 
 
-class SPRModel(DynamicsModel):
+class SPRModel(RecurrentLatentModel):
     """Self-predictive latent model without reconstruction (see the module docstring)."""
 
     name: ClassVar[str] = "spr"
@@ -101,33 +100,6 @@ class SPRModel(DynamicsModel):
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.core = BlankableGRU(c.embed, action_spec.input_dim, c.hidden, c.deter)
         self.predictor = mlp(c.deter, c.hidden, c.embed, layers=1)
-
-    @property
-    def sites(self) -> dict[str, tuple[int, ...]]:
-        c = self.config
-        return {"embed": (c.embed,), "deter": (c.deter,), "feat": (c.deter,)}
-
-    @property
-    def hparams(self) -> dict[str, Any]:
-        return {**plain_specs(self.obs_spec, self.action_spec), **dataclasses.asdict(self.config)}
-
-    def initial(self, batch_size: int) -> LatentState:
-        deter = self.core.inp.weight.new_zeros(batch_size, self.config.deter)
-        return LatentState({"deter": deter, "feat": deter})
-
-    def observe(self, obs: Tensor, actions: Tensor, is_first: Tensor, *, sample: bool = False) -> LatentState:
-        """States ``[b t ...]`` after every observation (``sample`` is accepted for a common signature)."""
-        return self._filter(obs, actions, is_first, torch.ones_like(is_first, dtype=torch.bool))
-
-    def imagine(self, state: LatentState, actions: Tensor, *, sample: bool = False) -> LatentState:
-        """Roll ``state[b ...]`` with blank observations over ``actions[b h ...]``: ``[b h ...]``."""
-        b, h = actions.shape[:2]
-        if h == 0:
-            deter = state["deter"].new_zeros(b, 0, self.config.deter)
-        else:
-            act = embed_actions(actions, self.action_spec)
-            deter = self.core(None, act.new_zeros(b, h), act, state["deter"])
-        return LatentState({"deter": deter, "feat": deter})
 
     def predict_target(self, state: LatentState) -> Tensor:
         """The predictor's guess ``[*lead E]`` of the target-encoder latent of each state's observation."""
@@ -159,11 +131,3 @@ class SPRModel(DynamicsModel):
                    "erank_deter": effective_rank(flatten_bt(state["deter"]).detach())}
         return LossOutput(loss, {k: v.detach() for k, v in metrics.items()}, state.map(torch.Tensor.detach))
 
-    def _filter(self, obs: Tensor, actions: Tensor, is_first: Tensor, mask: Tensor) -> LatentState:
-        check_sequence(obs, actions, is_first, self.obs_spec, self.action_spec)
-        b = obs.shape[0]
-        keep = (~is_first.bool()).float().unsqueeze(-1)
-        embed = rearrange(self.encoder(flatten_bt(obs)), "(b t) e -> b t e", b=b)
-        act = embed_actions(actions, self.action_spec) * keep
-        deter = self.core(embed, mask, act, self.initial(b)["deter"], is_first)
-        return LatentState({"embed": embed, "deter": deter, "feat": deter})

@@ -79,7 +79,7 @@ class Shield:
     def risk(self, state: LatentState, first: Tensor) -> tuple[Tensor, Tensor]:
         """``(risk [m], best mean return [m])`` of first actions ``first[m *act]`` (one imagine call)."""
         p = self.planner
-        m, C, S, h = int(first.shape[0]), self.continuations, self.model_samples, self.horizon
+        m, C, S = int(first.shape[0]), self.continuations, self.model_samples
         tails = self._tails(state, C)                                                 # [C h-1 *act]
         seqs = torch.cat([einops.repeat(first, "m ... -> m c 1 ...", c=C),
                           einops.repeat(tails, "c t ... -> m c t ...", m=m)], dim=2)  # [m C h *act]

@@ -7,6 +7,8 @@ predictions, so any method plugs in.
 """
 
 from probes.base import Probe, ProbeError, ProbeFitter
+from probes.causal import NecessityResult, SufficiencyResult, causal_necessity, causal_sufficiency, edit_state
+from probes.consistency import imagination_consistency, state_consistency, state_keys
 from probes.control import control_labels, observation_types, selectivity
 from probes.erasure import Eraser, fit_leace, leace_erase, random_subspace_erase
 from probes.linear import GridResult, LinearFitter, LinearProbe, choose_lambda, fit_grid
@@ -29,6 +31,7 @@ __all__ = [
     "MDLResult",
     "MLPFitter",
     "MLPProbe",
+    "NecessityResult",
     "Normalizer",
     "NormalizerFitter",
     "Probe",
@@ -41,23 +44,31 @@ __all__ = [
     "SparseAutoencoder",
     "SparseFitter",
     "SparseProbe",
+    "SufficiencyResult",
     "bootstrap",
     "bootstrap_seeds",
+    "causal_necessity",
+    "causal_sufficiency",
     "choose_lambda",
     "combine_seeds",
     "concept_metrics",
     "control_labels",
+    "edit_state",
     "fit_grid",
     "fit_leace",
     "hparam_names",
+    "imagination_consistency",
     "leace_erase",
     "make_fitter",
     "method_names",
+    "metric_names",
     "observation_types",
     "online_codelength",
     "prior_baseline",
     "random_subspace_erase",
     "read_results_csv",
     "selectivity",
+    "state_consistency",
+    "state_keys",
     "write_results_csv",
 ]

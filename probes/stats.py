@@ -28,7 +28,6 @@ seed and the same episodes are *paired* -- :func:`bootstrap_paired_difference` u
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
