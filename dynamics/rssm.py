@@ -10,7 +10,8 @@ One step (``actions[:, t]`` led into step ``t``, see :mod:`worlds.trajectory`)::
 ``stoch_kind="discrete"``: ``stoch`` groups of ``classes``-way categoricals with straight-through
 gradients and 1% uniform mixing (DreamerV3); ``"gaussian"``: a diagonal Gaussian with ``stoch`` dims.
 Loss (DreamerV3): reconstruction + ``kl_dyn`` KL(sg(post) || prior) + ``kl_rep`` KL(post || sg(prior)),
-each KL clipped below at ``free_bits`` nats per step.
+each KL clipped below at ``free_bits`` nats per step; optionally (``overshoot > 0``) plus the
+reconstruction loss of prior rollouts from every posterior state (observation overshooting).
 
 Sites (``b`` batch, ``t`` time; ``S = stoch * classes`` for discrete, ``stoch`` for gaussian):
     ``embed [E]``      encoder output of the observation (``observe`` only)
@@ -72,6 +73,13 @@ class RSSMConfig:
     """Lower bound of the Gaussian standard deviation (gaussian only)."""
     symlog: bool = True
     """Encode and reconstruct vector observations in symlog space."""
+    overshoot: int = 0
+    """Observation overshooting horizon ``H`` (0 disables): from every posterior state, sample the prior
+    ``H`` steps ahead with the true actions and add the reconstruction loss of the frames it reaches.
+    Off by default: on lavakeydoor ``H=5`` doubled the step time and did not improve 5-step open-loop
+    accuracy at an equal number of steps (0.899 vs 0.906 after 1000 steps)."""
+    overshoot_weight: float = 1.0
+    """Weight of the overshooting reconstruction loss (mean over rolled-out frames)."""
 
     def __post_init__(self) -> None:
         for name in ("deter", "stoch", "classes", "hidden", "embed", "conv_depth"):
@@ -81,6 +89,10 @@ class RSSMConfig:
             raise ValueError(f"stoch_kind must be 'discrete' or 'gaussian', got {self.stoch_kind!r}")
         if self.encoder not in ENCODER_KINDS:
             raise ValueError(f"encoder must be one of {ENCODER_KINDS}, got {self.encoder!r}")
+        if self.overshoot < 0:
+            raise ValueError(f"overshoot must be >= 0 steps, got {self.overshoot!r}")
+        if self.overshoot_weight < 0:
+            raise ValueError(f"overshoot_weight must be >= 0, got {self.overshoot_weight!r}")
         if not 0.0 <= self.unimix < 1.0:
             raise ValueError(f"unimix must lie in [0, 1), got {self.unimix!r}")
 
@@ -165,10 +177,38 @@ class RSSM(DynamicsModel):
         rep = self._kl(post, prior.detach())
         loss = (recon + c.kl_dyn * dyn.clamp(min=c.free_bits).mean()
                 + c.kl_rep * rep.clamp(min=c.free_bits).mean())
-        metrics = {"recon": recon, "kl": dyn.mean(), "loss": loss}
+        metrics = {"recon": recon, "kl": dyn.mean()}
+        if c.overshoot and c.overshoot < obs.shape[1]:
+            over = self._overshoot_loss(state, obs, actions, is_first)
+            loss = loss + c.overshoot_weight * over
+            metrics["overshoot"] = over
+        metrics["loss"] = loss
         return LossOutput(loss, {k: v.detach() for k, v in metrics.items()}, state.map(torch.Tensor.detach))
 
     # -- internals ------------------------------------------------------------------------------
+    def _overshoot_loss(self, state: LatentState, obs: Tensor, actions: Tensor, is_first: Tensor) -> Tensor:
+        """Mean reconstruction loss of prior rollouts ``H`` steps from the posterior states (observation
+        overshooting, cf. PlaNet's latent overshooting): trains exactly what open-loop prediction uses.
+        Rollout steps that cross an episode start are masked out."""
+        c, h = self.config, self.config.overshoot
+        starts = torch.arange(obs.shape[1] - h, device=obs.device)  # [n]
+        steps = starts[:, None] + torch.arange(1, h + 1, device=obs.device)  # [n H]: steps reached
+        deter = rearrange(state["deter"][:, starts], "b n d -> (b n) d")
+        stoch = rearrange(state["stoch"][:, starts], "b n s -> (b n) s")
+        act = self.img_action(embed_actions(actions[:, steps], self.action_spec))  # [b n H hidden]
+        act = rearrange(act, "b n h e -> (b n) h e")
+        out = []
+        for i in range(h):
+            deter = self.gru(F.silu(self.img_norm(self.img_stoch(stoch) + act[:, i])), deter)
+            stoch = self._stoch(self.prior(deter), True)
+            out.append(torch.cat([deter, stoch], -1))
+        feat = torch.stack(out, 1)  # [(b n) H f]
+        target = rearrange(obs[:, steps], "b n h ... -> (b n h) ...")
+        per = recon_loss(self.decoder(flatten_bt(feat)), target, self.obs_spec, c.symlog)  # [(b n H)]
+        resets = is_first.long().cumsum(1)  # a rollout from s is valid at s + k iff no start in (s, s + k]
+        valid = (resets[:, steps] == resets[:, starts, None]).flatten().to(per.dtype)
+        return (per * valid).sum() / valid.sum().clamp(min=1.0)
+
     def _filter(self, obs: Tensor, actions: Tensor, is_first: Tensor, sample: bool) -> tuple[LatentState, Tensor]:
         """Posterior states ``[b t ...]`` and posterior statistics ``[b t stats]``."""
         check_sequence(obs, actions, is_first, self.obs_spec, self.action_spec)

@@ -10,12 +10,16 @@ from probes.base import Probe, ProbeError, ProbeFitter
 from probes.causal import NecessityResult, SufficiencyResult, causal_necessity, causal_sufficiency, edit_state
 from probes.consistency import imagination_consistency, state_consistency, state_keys
 from probes.control import control_labels, observation_types, selectivity
+from probes.extract import LatentStore, extract_latents, model_fingerprint
 from probes.erasure import Eraser, fit_leace, leace_erase, random_subspace_erase
+from probes.grids import GridFit, fit_method
+from probes.harness import HarnessResult, run_harness
 from probes.linear import GridResult, LinearFitter, LinearProbe, choose_lambda, fit_grid
 from probes.mdl import MDLResult, online_codelength
 from probes.metrics import concept_metrics, metric_names, prior_baseline
 from probes.mlp import MLPFitter, MLPProbe
 from probes.normalize import Normalizer, NormalizerFitter
+from probes.ontology import Ontology, OntologyEntry, select_ontology
 from probes.registry import hparam_names, make_fitter, method_names
 from probes.results import ResultRow, read_results_csv, write_results_csv
 from probes.sae import SAEFitter, SAEProbe, SAEProbeFitter, SparseAutoencoder
@@ -25,7 +29,10 @@ from probes.stats import Estimate, bootstrap, bootstrap_seeds, combine_seeds
 __all__ = [
     "Eraser",
     "Estimate",
+    "GridFit",
     "GridResult",
+    "HarnessResult",
+    "LatentStore",
     "LinearFitter",
     "LinearProbe",
     "MDLResult",
@@ -34,6 +41,8 @@ __all__ = [
     "NecessityResult",
     "Normalizer",
     "NormalizerFitter",
+    "Ontology",
+    "OntologyEntry",
     "Probe",
     "ProbeError",
     "ProbeFitter",
@@ -54,19 +63,24 @@ __all__ = [
     "concept_metrics",
     "control_labels",
     "edit_state",
+    "extract_latents",
     "fit_grid",
     "fit_leace",
+    "fit_method",
     "hparam_names",
     "imagination_consistency",
     "leace_erase",
     "make_fitter",
     "method_names",
     "metric_names",
+    "model_fingerprint",
     "observation_types",
     "online_codelength",
     "prior_baseline",
     "random_subspace_erase",
     "read_results_csv",
+    "run_harness",
+    "select_ontology",
     "selectivity",
     "state_consistency",
     "state_keys",

@@ -31,6 +31,12 @@ from probes.stats import Estimate
 from worlds.concepts import Concept
 
 
+BLOCK_MAX_ITER = 50
+BLOCK_TOL = 1e-4
+"""L-BFGS budget of each linear block fit: small early blocks are often separable, and an unbounded
+solve there only drives the weights (and the code length of the next block) towards overconfidence."""
+
+
 def coded_concept(concept: Concept, y: np.ndarray, y_control: np.ndarray | None, n_bins: int
                   ) -> tuple[Concept, np.ndarray, np.ndarray | None]:
     """The classification concept actually coded: scalars become their quantile bins (control binned alike)."""
@@ -86,7 +92,8 @@ class _LinearBlocks:
         if fit_idx:
             lam = torch.tensor(lambdas, dtype=self.dtype, device=self.device)
             fits = fit_linear_batch(norm.apply(xt), [self.targets[j][0] for j in fit_idx],
-                                    [torch.from_numpy(self.ys[j][:start]).to(self.device) for j in fit_idx], lam)
+                                    [torch.from_numpy(self.ys[j][:start]).to(self.device) for j in fit_idx], lam,
+                                    max_iter=BLOCK_MAX_ITER, tol=BLOCK_TOL)
             for j, per_lam in zip(fit_idx, fits):
                 w, b = per_lam[lambdas.index(self.targets[j][2])]
                 probe = LinearProbe(self.targets[j][0], norm, {"l2": self.targets[j][2]}, w, b)

@@ -35,10 +35,15 @@ from worlds.concepts import Concept
 DEFAULT_GRIDS: dict[str, tuple[dict[str, Any], ...]] = {
     "linear": tuple({"l2": v} for v in (10.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4)),
     "sparse": tuple({"l1_fraction": v} for v in (0.3, 0.1, 0.03, 0.01)),
-    "mlp": ({"hidden": (64,), "lr": 3e-3, "batch_size": 512, "max_epochs": 30, "patience": 5},),
+    "mlp": ({"hidden": (64,), "lr": 3e-3, "batch_size": 512, "max_epochs": 20, "patience": 3},),
     "sae": ({"n_features": 64, "l1": 1e-2, "epochs": 10, "batch_size": 512},),
 }
 """Per-method grids used when the caller gives none (strongest regularisation first)."""
+LINEAR_TOL = 1e-4
+"""Gradient tolerance of the batched linear solves: scikit-learn's default ``tol`` (the benchmark's setting)."""
+LINEAR_MAX_ITER = 500
+SPARSE_MAX_ITER = 300
+"""FISTA iterations of the sparse grid (a grid point's ``max_iter`` overrides)."""
 DETERMINISTIC = frozenset({"linear", "sparse"})
 """Methods whose fit does not depend on a seed: fitted once, not once per seed."""
 _SAE_KEYS = ("n_features", "l1", "top_k", "tied", "lr", "epochs", "batch_size")
@@ -117,14 +122,15 @@ def fit_method(method: str, x: Tensor, ys: Mapping[str, Tensor], x_val: Tensor, 
 
 
 def _linear(x, ys, x_val, ys_val, concepts, grid, device, dtype) -> dict[str, list[list[Probe]]]:
-    unknown = sorted({k for g in grid for k in g} - {"l2"})
-    if unknown:
-        raise ProbeError(f"the linear grid takes only 'l2' values, got keys {unknown}")
+    unknown = sorted({k for g in grid for k in g} - {"l2", "max_iter", "tol"})
+    if unknown or any("l2" not in g for g in grid):
+        raise ProbeError(f"the linear grid takes 'l2' values (plus max_iter, tol), got {unknown or list(grid)}")
     lambdas = [float(g["l2"]) for g in grid]
     if len(set(lambdas)) != len(lambdas):
         raise ProbeError(f"the linear grid repeats l2 values: {lambdas}")
     res = fit_grid({"site": x}, {c.name: ys[c.name] for c in concepts}, concepts, lambdas, {"site": x_val},
-                   {c.name: ys_val[c.name] for c in concepts}, device=device, dtype=dtype)
+                   {c.name: ys_val[c.name] for c in concepts}, max_iter=int(grid[0].get("max_iter", LINEAR_MAX_ITER)),
+                   tol=float(grid[0].get("tol", LINEAR_TOL)), device=device, dtype=dtype)
     pos = {v: i for i, v in enumerate(res.lambdas)}  # fit_grid sorts the lambdas; map back to grid order
     return {c.name: [[res.probes[("site", c.name)][pos[v]]] for v in lambdas] for c in concepts}
 
@@ -136,7 +142,7 @@ def _sparse(x, ys, x_val, ys_val, concepts, grid, device, dtype) -> dict[str, li
     if unknown or any("l1_fraction" not in g for g in grid):
         raise ProbeError(f"the sparse grid takes 'l1_fraction' (of each problem's l1_max) plus max_iter, tol; got {unknown or grid}")
     fracs = torch.tensor([float(g["l1_fraction"]) for g in grid], dtype=dtype, device=device)
-    max_iter, tol = int(fixed.get("max_iter", 500)), fixed.get("tol")
+    max_iter, tol = int(fixed.get("max_iter", SPARSE_MAX_ITER)), fixed.get("tol")
     norm = Normalizer.fit(x)
     z1 = augment(norm.apply(x))
     d, G = x.shape[1], len(grid)

@@ -13,7 +13,7 @@
    label per observation type; types computed ONCE over the observations of all the store's
    splits), with a paired episode-bootstrap interval;
 4. **MDL** (split ``"test"``, only for ``mdl_methods``, linear by default because it is batched):
-   online-code compression of the test rows for the task (``"compression"``) and the control task
+   online-code compression of (at most ``mdl_max_rows``, default 4000) test rows for the task (``"compression"``) and the control task
    (``"compression_control"``), see :mod:`probes.codelength`; the block probes use the task probe's
    chosen hyperparameters (scalar concepts are coded as quantile bins, by the linear method with
    ``l2 = BINNED_SCALAR_L2``).
@@ -22,13 +22,13 @@ Baselines beside every score (same splits and metrics): ``"prior"`` (site ``"non
 label prior), ``"observation"`` (site ``"obs"``: ``baseline_method`` on the current observation
 flattened to float) and ``"random_model"`` (``baseline_method`` on the same site of ``random_store``,
 latents of a randomly initialised model of the same architecture). ``baseline_method`` defaults to
-the most flexible requested method (``mlp`` when requested), so the baselines are not weaker probes
-than the ones they sit beside.
+``linear`` (batched, so the baselines cost little); pass ``baseline_method="mlp"`` for baselines as
+flexible as the MLP probes they sit beside (slower: one MLP fit per concept and site).
 
 The :class:`~probes.ontology.Ontology` is chosen from validation scores only (:data:`probes.ontology.RULE`).
 
 Speed: linear fits use every training row; other methods train on at most ``max_train_rows[method]``
-rows (default 20000, drawn with ``seed``), so a default lavakeydoor run stays within minutes on CPU.
+rows (default 10000, drawn with ``seed``), so a default lavakeydoor run stays within minutes on CPU.
 Concepts with one class (or a constant value) in the training split are skipped and listed in
 ``HarnessResult.skipped``.
 """
@@ -57,7 +57,7 @@ from probes.results import ResultRow, write_results_csv
 from probes.stats import Estimate, bootstrap_seeds
 from worlds.concepts import Concept, ConceptSchema
 
-DEFAULT_MAX_TRAIN_ROWS: dict[str, int | None] = {"linear": None, "sparse": 20000, "mlp": 20000, "sae": 20000}
+DEFAULT_MAX_TRAIN_ROWS: dict[str, int | None] = {"linear": None, "sparse": 10000, "mlp": 10000, "sae": 10000}
 NO_SITE = "none"
 """Site of the ``"prior"`` rows (the prior reads no latent)."""
 OBS_SITE = "obs"
@@ -108,7 +108,7 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
                 max_train_rows: Mapping[str, int | None] | None = None, n_boot: int = 1000, seed: int = 0,
                 baselines: bool = True, baseline_method: str | None = None, random_store: LatentStore | None = None,
                 control: bool = True, mdl: bool = True, mdl_methods: Sequence[str] = ("linear",), mdl_shuffles: int = 3,
-                mdl_max_rows: int | None = 10000, mdl_bins: int = 10, device: torch.device | str = "cpu",
+                mdl_max_rows: int | None = 4000, mdl_bins: int = 10, device: torch.device | str = "cpu",
                 dtype: torch.dtype = torch.float32, progress: bool = True) -> HarnessResult:
     """Fit, score, compare and choose (see the module docstring). ``lambdas`` overrides the linear grid's l2 values;
     ``grids[method]`` any method's grid (a list of hyperparameter dicts; defaults in :data:`probes.grids.DEFAULT_GRIDS`)."""
@@ -120,7 +120,7 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
     _check("metric split", splits, ("test", "ood"))
     for need in ("train", "val"):
         _check("store split", [need], store.splits)
-    baseline_method = baseline_method or ("mlp" if "mlp" in methods else methods[0])
+    baseline_method = baseline_method or "linear"
     _check("baseline method", [baseline_method], method_names())
     _check("mdl method", list(mdl_methods) or ["linear"], method_names())
     grid = {m: tuple(dict(g) for g in DEFAULT_GRIDS.get(m, ({},))) for m in method_names()}

@@ -50,18 +50,23 @@ def test_rows_for_every_method_site_concept_split_metric(real, lkd):
                     for m in METHODS:
                         assert (m, site, c, split, metric) in rows
         for site in lkd.sites:
-            for m in METHODS:
-                assert (m, site, c, "test", "selectivity") in rows
+            for m in METHODS:  # a rare concept's control labels can have one class: then it is listed as skipped
+                no_control = f"{m}/{site}/{c}/control" in real.skipped
+                assert ((m, site, c, "test", "selectivity") in rows) != no_control
             assert ("linear", site, c, "test", "compression") in rows
-            assert ("linear", site, c, "test", "compression_control") in rows
+            assert (("linear", site, c, "test", "compression_control") in rows) != (f"linear/{site}/{c}/control" in real.skipped)
     assert set(real.fitted) == {(m, s, c) for m in METHODS for s in lkd.sites for c in concepts}
 
 
 def test_intervals_bracket_their_estimates(real):
+    """Percentile intervals; ECE is exempt from containing its estimate: its bootstrap distribution is biased
+    upward (duplicated episodes make bins noisier), so near 0 the whole interval can lie above the estimate."""
     finite = [r for r in real.rows if all(math.isfinite(v) for v in (r.estimate, r.ci_low, r.ci_high))]
     assert len(finite) >= 0.9 * len(real.rows)
     for r in finite:
-        assert r.ci_low <= r.estimate + 1e-9 and r.estimate <= r.ci_high + 1e-9, r
+        assert r.ci_low <= r.ci_high, r
+        if r.metric != "ece":
+            assert r.ci_low <= r.estimate + 1e-9 and r.estimate <= r.ci_high + 1e-9, r
 
 
 def test_ontology_is_the_validation_argmax(real, lkd):
