@@ -43,6 +43,8 @@ class RSSMConfig:
     Defaults were chosen on lavakeydoor (8x5x5 symbolic view) for 2-minute CPU training: at equal wall
     time, widths 128 and 192 predicted 5 steps open loop equally well and better than 256; 192 keeps
     the training step matmul-bound (about 0.37 of the machine's dense matmul rate vs 0.27 at 128).
+    Learning rates 2e-3 and 3e-3 (100 warm-up steps) instead of 1e-3 fitted the training windows better
+    but predicted no better open loop (0.901, 0.903 vs 0.906 at 5 steps after 1000 steps).
     """
 
     deter: int = 192
@@ -63,12 +65,14 @@ class RSSMConfig:
     """Channels of the first conv layer (doubling per layer)."""
     unimix: float = 0.01
     """Uniform mixture weight of the categoricals (DreamerV3: 1%)."""
-    free_bits: float = 1.0
-    """KL terms below this many nats per step are not penalised."""
+    free_bits: float = 3.0
+    """KL terms below this many nats per step are not penalised (DreamerV3: 1; see ``kl_rep``)."""
     kl_dyn: float = 0.5
     """Weight of KL(sg(posterior) || prior): trains the prior."""
-    kl_rep: float = 0.1
-    """Weight of KL(posterior || sg(prior)): regularises the representation."""
+    kl_rep: float = 0.02
+    """Weight of KL(posterior || sg(prior)): regularises the representation (DreamerV3: 0.1). Less KL
+    pressure (0.02 with 3 free nats) raised 5-step open-loop accuracy on lavakeydoor from 0.906/0.904 to
+    0.912/0.913 (two seeds, 1000 steps, same step time); more (0.5 with 0.5 free nats) lowered it to 0.897."""
     min_std: float = 0.1
     """Lower bound of the Gaussian standard deviation (gaussian only)."""
     symlog: bool = True

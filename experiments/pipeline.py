@@ -24,7 +24,7 @@ from experiments.schema import RunConfig
 
 
 # Bump a stage's version when what it writes changes: its cached outputs are then redone.
-STAGE_VERSIONS = {"data": 1, "dynamics": 2}
+STAGE_VERSIONS = {"data": 1, "dynamics": 2, "probes": 1}
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> RunResult:
     """Run every stage of ``cfg`` into ``cfg.out``; finished stages are reused."""
     from experiments.report import write_report
     from experiments.stages.collect import run_collect
+    from experiments.stages.probe import run_probe
     from experiments.stages.train import run_train
 
     out = check_run_folder(cfg)
@@ -107,6 +108,12 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> RunResult:
                                        lambda tmp: run_train(cfg, data_path, tmp, progress=progress))
         _link(out, "dynamics", stages["dynamics"].path)
 
+        stages["probes"] = run_stage(cache, "probes", {"probes": to_dict(cfg.probes), "seed": cfg.seed,
+                                                       "version": STAGE_VERSIONS["probes"]},
+                                     {"data": stages["data"].fingerprint, "dynamics": stages["dynamics"].fingerprint},
+                                     lambda tmp: run_probe(cfg, data_path, stages["dynamics"].path, tmp, progress=progress))
+        _link(out, "probes", stages["probes"].path)
+
         summary = build_summary(cfg, data_path, stages, time.perf_counter() - t0)
         write_json(summary, out / "summary.json")
         write_report(cfg, summary, out)
@@ -126,6 +133,7 @@ def build_summary(cfg: RunConfig, data_path: Path, stages: dict[str, StageResult
     """The ``summary.json`` object (schema in the README; keys are only ever added, never renamed)."""
     import json
 
+    from probes.results import read_results_csv
     from worlds.dataset import TrajectoryDataset
 
     ds = TrajectoryDataset.open(data_path, verify=False)
@@ -149,8 +157,8 @@ def build_summary(cfg: RunConfig, data_path: Path, stages: dict[str, StageResult
             "transitions_per_s": metrics.get("transitions_per_s"),
             "steps": metrics.get("steps"),
         },
-        "probes": [],
-        "ontology": {},
+        "probes": [r.to_dict() for r in read_results_csv(stages["probes"].path / "results.csv")],
+        "ontology": json.loads((stages["probes"].path / "harness.json").read_text())["ontology"],
         "planning": [],
         "timings": {name: round(s.seconds, 2) for name, s in stages.items()},
         "reused": {name: s.reused for name, s in stages.items()},

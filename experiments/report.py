@@ -44,6 +44,7 @@ def render_report(cfg: Any, summary: dict[str, Any]) -> str:
                            ci(ol["copy_changed_cells"][k]), ol["changed_fraction"][k]] for k in ol["model"]]), ""]
     elif ol:
         parts += [f"Open-loop prediction: {ol.get('skipped')}.", ""]
+    parts += probe_section(summary)
     parts += ["## Timings", "", _table(["stage", "seconds", "reused"],
                                       [[k, v, summary.get("reused", {}).get(k)] for k, v in summary["timings"].items()]), ""]
     parts += ["## Config", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip(), "```", ""]
@@ -101,3 +102,53 @@ def print_collect_report(report: Any) -> None:
     for name, v in report.base_rates.items():
         t.add_row(name + (" [red](rare)[/red]" if name in report.rare_concepts else ""), format_base_rate(v))
     con.print(t)
+
+
+MAIN_METRIC = {"binary": "balanced_accuracy", "categorical": "balanced_accuracy", "scalar": "r2"}
+
+
+def probe_leaderboard(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per concept: the ontology's choice, its held-out score and every baseline beside it (with CIs)."""
+    rows = summary.get("probes") or []
+    index = {(r["method"], r["site"], r["concept"], r["split"], r["metric"]): r for r in rows}
+    board = []
+    for concept, choice in (summary.get("ontology") or {}).items():
+        method, site = choice["method"], choice["site"]
+        metric = "r2" if (method, site, concept, "test", "r2") in index else "balanced_accuracy"
+
+        def get(m, s, split="test", metric=metric):
+            """The row of method ``m`` at site ``s`` (any site when ``s`` is None)."""
+            return next((r for k, r in index.items() if k[0] == m and k[2] == concept and k[3] == split
+                         and k[4] == metric and (s is None or k[1] == s)), None)
+
+        board.append({"concept": concept, "method": method, "site": site, "metric": metric,
+                      "test": get(method, site), "ood": get(method, site, "ood"),
+                      "imagined_k5": get(method, site, "imagined_k5"),
+                      "selectivity": get(method, site, metric="selectivity"),
+                      "prior": get("prior", None), "random_model": get("random_model", site),
+                      "observation": get("observation", None)})
+    return board
+
+
+def _ci(r: dict[str, Any] | None) -> str:
+    if not r or r.get("estimate") is None:
+        return "-"
+    lo, hi = r.get("ci_low"), r.get("ci_high")
+    return f"{r['estimate']:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else f"{r['estimate']:.3f}"
+
+
+def probe_section(summary: dict[str, Any]) -> list[str]:
+    board = probe_leaderboard(summary)
+    if not board:
+        return []
+    methods = sorted({r["method"] for r in summary["probes"]})
+    table = _table(["concept", "chosen (method, site)", "metric", "test", "ood", "imagined k=5", "selectivity",
+                    "prior", "random model", "observation"],
+                   [[b["concept"], f"{b['method']}, {b['site']}", b["metric"], _ci(b["test"]), _ci(b["ood"]),
+                     _ci(b["imagined_k5"]), _ci(b["selectivity"]), _ci(b["prior"]), _ci(b["random_model"]),
+                     _ci(b["observation"])] for b in board])
+    return ["## Probes", f"Methods compared: {', '.join(methods)}. Each concept's probe was chosen on the validation "
+            "split (highest balanced accuracy, or R2 for scalars; ties to the simpler method); every number below "
+            "is on held-out episodes with a 95% bootstrap CI over episodes. Baselines: the label prior, the same "
+            "probe on a randomly initialised model, the same probe on the raw current observation. Every row is in "
+            "`probes/results.csv`.", "", table, ""]

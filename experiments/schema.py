@@ -77,6 +77,30 @@ class DynamicsSection:
 
 
 @dataclass(frozen=True)
+class ProbesSection:
+    methods: tuple[str, ...] = field(("linear", "mlp", "sparse"), help="probe methods: linear, mlp, sparse, sae")
+    sites: tuple[str, ...] = field((), help="latent sites to probe (default: every site of the model)")
+    concepts: tuple[str, ...] = field((), help="concepts to probe (default: every concept of the world)")
+    seeds: tuple[int, ...] = field((0,), help="probe seeds (training-row subsample and initialisation)")
+    n_boot: int = field(1000, help="bootstrap resamples (over episodes) for every confidence interval")
+    control: bool = field(True, help="score control tasks and report selectivity")
+    mdl: bool = field(True, help="report online-code compression (MDL) for the linear probe")
+    max_train_rows: int = field(20000, help="training rows for the non-linear methods (linear uses all)")
+    imagination: bool = field(True, help="score the ontology's probes on imagined latents k = 1, 5, 15 steps ahead")
+    imagination_stride: int = field(4, help="start an imagined rollout every this many steps")
+
+    def __post_init__(self) -> None:
+        from probes.registry import method_names
+
+        bad = [m for m in self.methods if m not in method_names()]
+        if bad or not self.methods:
+            raise ConfigError(f"probes.methods: unknown method(s) {bad or '(none)'}; known: {', '.join(method_names())}")
+        for k in ("n_boot", "max_train_rows", "imagination_stride"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"probes.{k} must be a positive integer, got {getattr(self, k)}")
+
+
+@dataclass(frozen=True)
 class WandbSection:
     mode: str = field("offline", help="offline (default), online (sync; needs an account) or disabled")
     project: str = field("ontolab", help="wandb project name")
@@ -95,6 +119,7 @@ class RunConfig:
     world: WorldSection = field(default_factory=WorldSection, help="the world")
     data: DataSection = field(default_factory=DataSection, help="trajectory collection")
     dynamics: DynamicsSection = field(default_factory=DynamicsSection, help="dynamics model training")
+    probes: ProbesSection = field(default_factory=ProbesSection, help="probe methods and the harness")
     wandb: WandbSection = field(default_factory=WandbSection, help="experiment logging")
 
     def __post_init__(self) -> None:

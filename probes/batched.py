@@ -38,7 +38,8 @@ def ridge_solve(gram: Tensor, cross: Tensor, lambdas: Tensor) -> Tensor:
     ``gram [d d] = Zc^T Zc / n`` and ``cross [d c] = Zc^T Yc / n`` of centred data; returns
     ``W [c L d]`` solving ``(gram + l I) w = cross`` for every target ``c`` and ``l`` in ``lambdas [L]``.
     """
-    evals, vecs = torch.linalg.eigh(gram)
+    # float64: LAPACK's float32 eigh can fail to converge on rank-deficient grams (few rows)
+    evals, vecs = (t.to(gram.dtype) for t in torch.linalg.eigh(gram.double()))
     r = vecs.T @ cross  # [d c]
     scaled = r[:, None, :] / (evals[:, None, None] + lambdas[None, :, None])  # [d L c]
     w = einops.einsum(vecs, scaled, "d e, e l c -> c l d")

@@ -79,8 +79,11 @@ def fit_linear_batch(z: Tensor, concepts: Sequence[Concept], ys: Sequence[Tensor
         return out
     # Solve in the eigenbasis of Z^T Z / n (a rotation: the L2 penalty is unchanged), where the
     # design's curvature is diagonal and preconditions L-BFGS; rotate the weights back at the end.
-    zc = z - z.mean(0)
-    evals, vecs = torch.linalg.eigh(zc.T @ zc / n)
+    zc = (z - z.mean(0)).double()
+    try:  # float64: LAPACK's float32 eigh fails to converge on rank-deficient designs (few rows, e.g. MDL's first blocks)
+        evals, vecs = (t.to(z.dtype) for t in torch.linalg.eigh(zc.T @ zc / n))
+    except torch.linalg.LinAlgError:  # still degenerate: solve in the original basis (no preconditioning)
+        evals, vecs = torch.ones(d, dtype=z.dtype, device=z.device), torch.eye(d, dtype=z.dtype, device=z.device)
     z1 = augment(z @ vecs)
     for kind in ("binary", "categorical"):
         idx = groups[kind]

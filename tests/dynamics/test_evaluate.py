@@ -244,7 +244,9 @@ def test_default_rssm_beats_copying_on_lavakeydoor(lavakeydoor_report):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue bar (>= 95% per-cell at k=5 after <= 2 min on 2 cores) not reached yet; "
-                          "see the measured numbers in the dynamics report", strict=False)
+@pytest.mark.xfail(reason="issue bar (>= 95% per-cell at k=5 after <= 2 min on 2 cores) not reached: the default "
+                          "RSSM got 0.915 at k=5 (1639 steps in 110 s; 0.914 after 2200 steps in another run); it forgets "
+                          "cells it saw in the context (~92% right there) and guesses never-seen cells (~6%) at ~0.65",
+                   strict=False)
 def test_default_rssm_meets_the_issue_bar_on_lavakeydoor(lavakeydoor_report):
     assert lavakeydoor_report.model[5].estimate >= 0.95, lavakeydoor_report.summary()
