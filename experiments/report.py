@@ -71,6 +71,12 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     ol = ", ".join(f"k={k}: {v['estimate']:.3f}" for k, v in model.items())
     t.add_row("data", f"{d['episodes']} episodes, {d['transitions']} transitions", f"{summary['timings'].get('data', 0):.1f}")
     t.add_row("dynamics", f"{dyn['model']}: open-loop per-cell accuracy {ol}", f"{summary['timings'].get('dynamics', 0):.1f}")
+    board = probe_leaderboard(summary)
+    if board:
+        good = sum(1 for b in board if b["test"] and b["random_model"] and b["test"]["estimate"] is not None
+                   and b["random_model"]["ci_high"] is not None and b["test"]["ci_low"] > b["random_model"]["ci_high"])
+        t.add_row("probes", f"{len(board)} concepts; {good} read clearly better than from a random model "
+                  f"(see the report's leaderboard)", f"{summary['timings'].get('probes', 0):.1f}")
     Console().print(t)
     print(f"report: {Path(out) / 'report.md'}")
 

@@ -22,7 +22,7 @@ from worlds.dataset import TrajectoryDataset
 def run_probe(cfg: RunConfig, data_path: Path, dynamics_dir: Path, out: Path, *, progress: bool = True):
     """Fit and score the configured probe methods on the model in ``dynamics_dir``; returns ``HarnessResult``."""
     from dynamics.training import load_model
-    from probes import extract_latents, imagination_consistency, run_harness
+    from probes import ProbeError, extract_latents, imagination_consistency, run_harness
 
     p = cfg.probes
     ds = TrajectoryDataset.open(data_path, verify=False)
@@ -57,8 +57,11 @@ def run_probe(cfg: RunConfig, data_path: Path, dynamics_dir: Path, out: Path, *,
             if site not in imaginable:
                 skipped[f"imagined:{method}/{site}"] = f"site {site!r} is not produced by imagine()"
                 continue
-            rows += imagination_consistency(model, ds, chosen, site, method=method, split="test",
-                                            n_boot=p.n_boot, seed=cfg.seed, stride=p.imagination_stride)
+            try:
+                rows += imagination_consistency(model, ds, chosen, site, method=method, split="test",
+                                                n_boot=p.n_boot, seed=cfg.seed, stride=p.imagination_stride)
+            except ProbeError as e:  # e.g. no held-out episode long enough for k = 15
+                skipped[f"imagined:{method}/{site}"] = str(e)
     res = dataclasses.replace(res, rows=tuple(rows), skipped=skipped)
     res.save(out)
     return res

@@ -19,7 +19,8 @@ ONTOLAB = str(Path(sys.executable).parent / "ontolab")
 TINY = ["data.episodes=40", "data.ood_episodes=8", "data.num_envs=8", "dynamics.max_steps=6",
         "dynamics.val_every=3", "dynamics.batch_size=4", "dynamics.window=16", "wandb.mode=disabled",
         "dynamics.hparams.deter=32", "dynamics.hparams.hidden=32", "dynamics.hparams.embed=32",
-        "dynamics.hparams.stoch=4", "dynamics.hparams.classes=4"]
+        "dynamics.hparams.stoch=4", "dynamics.hparams.classes=4", "probes.methods=[linear,sparse]",
+        "probes.n_boot=50", "probes.mdl=false", "probes.max_train_rows=500", "probes.sites=[deter,feat]"]
 
 
 def tiny(tmp_path: Path, *extra: str):
@@ -34,7 +35,7 @@ def test_quickstart_command_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "report:" in r.stdout
     run = tmp_path / "run"
-    for name in ("config.yaml", "summary.json", "report.md", "data", "dynamics"):
+    for name in ("config.yaml", "summary.json", "report.md", "data", "dynamics", "probes/results.csv", "probes/ontology"):
         assert (run / name).exists(), name
     s = json.loads((run / "summary.json").read_text())
     assert s["world"] == "lavakeydoor" and s["seed"] == 0
@@ -43,10 +44,20 @@ def test_quickstart_command_end_to_end(tmp_path):
     assert all(isinstance(v, float) for v in s["data"]["base_rates"].values())
     assert s["dynamics"]["model"] == "rssm" and isinstance(s["dynamics"]["val_loss"], float)
     assert set(s["dynamics"]["open_loop_error"]) == {"1", "5", "15"}
-    for key in ("probes", "ontology", "planning", "timings"):
-        assert key in s
-    assert set(s["timings"]) >= {"data", "dynamics"}
-    assert "## Dynamics" in (run / "report.md").read_text()
+    assert "planning" in s and "timings" in s
+    assert set(s["timings"]) >= {"data", "dynamics", "probes"}
+    rows = s["probes"]
+    assert {r["method"] for r in rows} >= {"linear", "sparse", "prior", "random_model", "observation"}
+    assert {r["split"] for r in rows} >= {"test", "ood"}
+    assert {"balanced_accuracy", "r2", "selectivity"} <= {r["metric"] for r in rows}
+    for r in rows:
+        assert set(r) == {"method", "site", "concept", "split", "metric", "estimate", "ci_low", "ci_high"}
+    assert set(s["ontology"]) == set(s["data"]["base_rates"]) - set(
+        json.loads((run / "probes" / "harness.json").read_text())["skipped"])
+    for choice in s["ontology"].values():
+        assert set(choice) == {"method", "site"} and choice["site"] in ("deter", "feat")
+    report = (run / "report.md").read_text()
+    assert "## Dynamics" in report and "## Probes" in report
 
 
 @pytest.mark.slow
@@ -62,7 +73,10 @@ def test_stages_are_cached_and_invalidated(tmp_path):
     assert other.stages["data"].reused and not other.stages["dynamics"].reused
     # a changed world setting redoes everything downstream
     world = run_pipeline(tiny(tmp_path / "c", f"cache_dir={tmp_path / 'cache'}", "world.size=11"), progress=False)
-    assert not world.stages["data"].reused and not world.stages["dynamics"].reused
+    assert not any(s.reused for s in world.stages.values())
+    # another probe method reuses the dataset and the model
+    probe = run_pipeline(tiny(tmp_path / "d", f"cache_dir={tmp_path / 'cache'}", "probes.methods=[linear]"), progress=False)
+    assert probe.stages["data"].reused and probe.stages["dynamics"].reused and not probe.stages["probes"].reused
 
 
 def test_run_folder_with_another_config_is_refused(tmp_path):
