@@ -45,29 +45,37 @@ def stage_fingerprint(stage: str, section: Any, inputs: dict[str, str]) -> str:
 
 
 def run_stage(cache: Path, stage: str, section: Any, inputs: dict[str, str],
-              build: Callable[[Path], Any]) -> StageResult:
-    """Reuse ``cache/stage/<fp>`` if finished, else call ``build(tmp_folder)`` and publish it atomically."""
+              build: Callable[[Path], Any], *, resumable: bool = False, resume: bool = False) -> StageResult:
+    """Reuse ``cache/stage/<fp>`` if finished, else call ``build(partial_folder)`` and publish it atomically.
+
+    The stage is built in ``cache/stage/.<fp>.partial`` (the run lock keeps other processes out). A
+    failed or interrupted build of a ``resumable`` stage keeps that folder, so that a rerun with
+    ``resume=True`` continues from it (training checkpoints); otherwise the half-done stage is redone
+    from scratch.
+    """
     fp = stage_fingerprint(stage, section, inputs)
     final = cache / stage / fp
     if (final / MARKER).is_file():
         meta = json.loads((final / MARKER).read_text())
         return StageResult(stage, final, fp, True, float(meta.get("seconds", 0.0)))
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{fp}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    partial = final.parent / f".{fp}.partial"
+    if not (resumable and resume):
+        shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(exist_ok=True)
     t0 = time.perf_counter()
     try:
-        build(tmp)
+        build(partial)
         seconds = time.perf_counter() - t0
         write_json({"stage": stage, "fingerprint": fp, "inputs": inputs, "section": section,
                     "seconds": seconds, "code": code_version(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")},
-                   tmp / MARKER)
+                   partial / MARKER)
         if final.exists():  # an unfinished leftover (no marker): replace it
             shutil.rmtree(final)
-        os.replace(tmp, final)
+        os.replace(partial, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not resumable:
+            shutil.rmtree(partial, ignore_errors=True)
         raise
     return StageResult(stage, final, fp, False, seconds)
 

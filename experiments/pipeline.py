@@ -105,7 +105,8 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> RunResult:
         dyn_section = {k: v for k, v in to_dict(cfg.dynamics).items() if k not in ("resume",)}
         stages["dynamics"] = run_stage(cache, "dynamics", {"dynamics": dyn_section, "seed": cfg.seed, "version": STAGE_VERSIONS["dynamics"]},
                                        {"data": stages["data"].fingerprint},
-                                       lambda tmp: run_train(cfg, data_path, tmp, progress=progress))
+                                       lambda tmp: run_train(cfg, data_path, tmp, progress=progress),
+                                       resumable=True, resume=cfg.dynamics.resume)
         _link(out, "dynamics", stages["dynamics"].path)
 
         stages["probes"] = run_stage(cache, "probes", {"probes": to_dict(cfg.probes), "seed": cfg.seed,

@@ -154,13 +154,44 @@ def resolve(args: list[str], config_file: str | Path | None = None, base: Mappin
     except ValueError as e:
         raise ConfigError(str(e)) from None
     cfg.world_params()  # validates world.* keys against the registered parameters
-    from dynamics.registry import model_config
+    _check_names(cfg)
+    return cfg
 
+
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+
+
+def _check_names(cfg: RunConfig) -> None:
+    """Every name in the config that a registry or a world defines, checked before any work starts."""
+    from dynamics.base import ActionSpec, ObsSpec
+    from dynamics.registry import build_model, model_config
+    from worlds.dataset import action_spec_of, obs_spec_of
+    from worlds.policies import policy_names
+
+    if cfg.data.policy not in policy_names():
+        raise ConfigError(f"data.policy: unknown policy {cfg.data.policy!r}; known: {', '.join(policy_names())}")
+    if cfg.dynamics.accelerator not in ACCELERATORS:
+        raise ConfigError(f"dynamics.accelerator must be one of {', '.join(ACCELERATORS)}, got {cfg.dynamics.accelerator!r}")
+    entry = get_world(cfg.world.name)
+    params = cfg.world_params()
+    held_out = set(getattr(params, "families", ()) or ()) & set(entry.cls.ood_families)
+    if held_out and cfg.data.ood_episodes:
+        raise ConfigError(f"world.families includes the held-out family {sorted(held_out)}; drop it, or set "
+                          "data.ood_episodes=0 if no out-of-distribution split is wanted")
     try:
         model_config(cfg.dynamics.model, **cfg.dynamics.hparams)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"dynamics: {e}") from None
-    return cfg
+    if cfg.probes.sites or cfg.probes.concepts:
+        world = entry.cls(num_envs=1, params=params, seed=0)
+        bad = [c for c in cfg.probes.concepts if c not in world.schema]
+        if bad:
+            raise ConfigError(f"probes.concepts: unknown concept(s) {bad}; this world's concepts are: {', '.join(world.schema.names)}")
+        model = build_model(cfg.dynamics.model, ObsSpec.from_manifest(obs_spec_of(world)),
+                            ActionSpec.from_manifest(action_spec_of(world)), **cfg.dynamics.hparams)
+        bad = [s for s in cfg.probes.sites if s not in model.sites]
+        if bad:
+            raise ConfigError(f"probes.sites: model {cfg.dynamics.model!r} has no site(s) {bad}; its sites are: {', '.join(model.sites)}")
 
 
 def replace(cfg: Any, **changes: Any) -> Any:

@@ -100,3 +100,25 @@ def test_second_process_is_locked_out(tmp_path):
         with run_lock(tmp_path / "run"):
             with run_lock(tmp_path / "run"):
                 pass
+
+
+@pytest.mark.slow
+def test_interrupted_training_resumes_inside_the_stage_cache(tmp_path, monkeypatch):
+    import experiments.stages.train as train_stage
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C after the checkpoints were written, before the stage finished
+
+    monkeypatch.setattr(train_stage, "evaluate_stage", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(tiny(tmp_path), progress=False)
+    partial = list((tmp_path / "cache" / "dynamics").glob(".*.partial"))
+    assert len(partial) == 1 and (partial[0] / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "cache" / "data").is_dir()  # the finished stage stays usable
+    monkeypatch.undo()
+
+    result = run_pipeline(tiny(tmp_path, "dynamics.resume=true"), progress=False)
+    assert result.stages["data"].reused and not result.stages["dynamics"].reused
+    run_json = json.loads((result.stages["dynamics"].path / "run.json").read_text())
+    assert run_json["resumed_from"] and run_json["resumed_from"].endswith("last.ckpt")
+    assert not list((tmp_path / "cache" / "dynamics").glob(".*.partial"))

@@ -1,0 +1,376 @@
+"""The closed loop: a policy acts in the REAL world for N episodes, vectorised across episodes.
+
+::
+
+    world = make_world("lavakeydoor", num_envs=16, seed=0)
+    planner = make_planner("discrete_cem", model, concept_reward(spec.compile(world.schema), ontology.resolver), 15)
+    policy = ModelPlannerPolicy(model, planner, reader=ontology.resolver, read_names=ontology.concepts)
+    log = run_closed_loop(world, policy, episodes=100, seed=0)       # EpisodeLog
+    log.success.mean(), log.decisions.predicted_return, log.visited.readings["in_lava"]
+
+The world steps all ``n`` envs as arrays; each env runs one episode after another until ``episodes``
+episodes have finished (an env with no episode left idles: it is reset and its actions ignored). Per
+real step the loop calls, for all envs at once::
+
+    policy.act(world, obs, active)            -> actions [n *act] (+ one PlanInfo per planning env)
+    world.step(actions)                       -> true reward, success, violation, termination
+    policy.update(world, obs, actions, active)   filter the new observation (model-based policies)
+    world.reset(mask=done); policy.start(...)    new episodes in the finished envs
+
+Policies: :class:`RandomPolicy`, :class:`OraclePolicy` (``world.oracle_actions``: shortest path,
+analytic controller), :class:`ModelPlannerPolicy` (a planner on a learned model's posterior, filtered
+from the real observations by :class:`LatentFilter`) and :class:`TrueStatePlannerPolicy` (a planner on
+an :class:`~planning.oracle.OracleModel`, given the world's true state). ``ms_per_step`` of an episode
+is the wall time of the ``update`` + ``act`` calls of its steps divided by the number of envs acting
+in them: the amortised cost of one real decision, comparable across policies.
+
+Visited states (for the planner-induced shift): every state an episode passes through (the start,
+every state reached, the terminal one) is recorded with its TRUE concept values and, when the policy
+has a ``reader`` (a fitted ontology's resolver), the probes' readings of the filtered posterior.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dynamics.base import DynamicsModel, LatentState
+from planning.planner import PlanInfo
+from planning.types import ConceptReader
+from worlds.base import VectorWorld
+
+
+class LatentFilter:
+    """The batched posterior ``state[n ...]`` of ``n`` envs, filtered from their real observations.
+
+    ``DynamicsModel.observe`` always starts from ``initial``, so an env's posterior after step ``t`` is
+    computed exactly by re-filtering that env's episode so far: after every real step the active envs'
+    histories (right-padded to one length) go through ONE batched ``observe`` call and each env's last
+    real step is kept -- O(t) per step instead of O(1). ``context=k`` keeps only
+    the last ``k`` steps (how training windows start: mid-episode from the initial state); ``None``
+    (the default) keeps the whole episode. ``sample=False``: the posterior mode, reproducible.
+    """
+
+    def __init__(self, model: DynamicsModel, num_envs: int, *, context: int | None = None,
+                 device: torch.device | str | None = None):
+        if context is not None and context < 1:
+            raise ValueError(f"context must be >= 1 or None, got {context}")
+        self.model, self.num_envs, self.context = model, int(num_envs), context
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        spec = model.action_spec
+        self._zero_action = np.zeros((), np.int64) if spec.discrete else np.zeros((spec.dim,), np.float32)
+        self._obs: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
+        self._act: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
+        self._trimmed = [False] * num_envs
+        self.state: LatentState | None = None
+        """``[n ...]`` the posterior of every env after its last observation (``None`` before ``start``)."""
+
+    def start(self, obs: np.ndarray, mask: np.ndarray) -> None:
+        """New episodes in the envs of ``mask[n]``, whose first observations are ``obs[mask]``."""
+        for i in np.flatnonzero(mask):
+            self._obs[i], self._act[i], self._trimmed[i] = [obs[i]], [self._zero_action], False
+        self._refilter(np.flatnonzero(mask))
+
+    def update(self, obs: np.ndarray, actions: np.ndarray, mask: np.ndarray) -> None:
+        """The envs of ``mask`` took ``actions[mask]`` and now observe ``obs[mask]``."""
+        for i in np.flatnonzero(mask):
+            self._obs[i].append(obs[i])
+            self._act[i].append(np.asarray(actions[i], dtype=self._zero_action.dtype))
+            if self.context is not None and len(self._obs[i]) > self.context:
+                del self._obs[i][0], self._act[i][0]
+                self._trimmed[i] = True
+        self._refilter(np.flatnonzero(mask))
+
+    def _refilter(self, idx: np.ndarray) -> None:
+        """One ``observe`` call over the histories of envs ``idx``, right-padded to one length ``L``."""
+        if len(idx) == 0:
+            return
+        lengths = np.array([len(self._obs[i]) for i in idx])
+        L = int(lengths.max())
+        obs = np.stack([np.stack(self._obs[i] + [self._obs[i][-1]] * (L - len(self._obs[i]))) for i in idx])
+        act = np.stack([np.stack(self._act[i] + [self._zero_action] * (L - len(self._act[i]))) for i in idx])
+        first = np.zeros((len(idx), L), dtype=bool)             # [k L]; pad steps after the end are never read
+        first[:, 0] = [not self._trimmed[i] for i in idx]       # a context window cut mid-episode does not reset
+        with torch.inference_mode():
+            post = self.model.observe(torch.as_tensor(obs, device=self.device),
+                                      torch.as_tensor(act, device=self.device),
+                                      torch.as_tensor(first, device=self.device))
+            rows = torch.arange(len(idx), device=self.device)
+            last = post.at((rows, torch.as_tensor(lengths - 1, device=self.device)))      # [k ...]
+            if self.state is None:
+                self.state = LatentState({k: v.new_zeros((self.num_envs, *v.shape[1:])) for k, v in last.sites.items()})
+            where = torch.as_tensor(idx, device=self.device)
+            for k, v in last.sites.items():
+                self.state.sites[k][where] = v
+
+
+@dataclass(frozen=True)
+class PolicyStep:
+    """What a policy returns for one real step."""
+
+    actions: np.ndarray
+    """``[n *act]`` actions of every env (those of inactive envs are ignored)."""
+    infos: Mapping[int, PlanInfo]
+    """Env index -> the planner's :class:`PlanInfo` for that env's decision (model-based policies only)."""
+
+
+class Policy:
+    """Base class: ``act`` is abstract; ``start``/``update`` feed an optional :class:`LatentFilter`
+    (``observer``) and ``read`` returns the ``reader``'s values of ``read_names`` on its posterior."""
+
+    name = "policy"
+
+    def __init__(self, *, observer: LatentFilter | None = None, reader: ConceptReader | None = None,
+                 read_names: Sequence[str] = ()):
+        if read_names and (observer is None or reader is None):
+            raise ValueError(f"reading concepts {list(read_names)} needs both an observer (LatentFilter) and a reader")
+        self.observer, self.reader, self.read_names = observer, reader, tuple(read_names)
+
+    def start(self, world: VectorWorld, obs: np.ndarray, mask: np.ndarray) -> None:
+        if self.observer is not None:
+            self.observer.start(obs, mask)
+
+    def update(self, world: VectorWorld, obs: np.ndarray, actions: np.ndarray, mask: np.ndarray) -> None:
+        if self.observer is not None:
+            self.observer.update(obs, actions, mask)
+
+    def act(self, world: VectorWorld, obs: np.ndarray, mask: np.ndarray) -> PolicyStep:
+        raise NotImplementedError
+
+    def read(self) -> dict[str, np.ndarray]:
+        """``{name: [n]}`` the reader's hard values (``"value"`` mode) on every env's current posterior."""
+        if not self.read_names or self.observer is None or self.observer.state is None:
+            return {}
+        with torch.inference_mode():
+            resolve = self.reader(self.observer.state)
+            return {k: resolve(k, "value").detach().cpu().numpy() for k in self.read_names}
+
+
+class RandomPolicy(Policy):
+    """Uniformly random actions (``world.sample_actions``) from a seeded generator."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0, **kw):
+        super().__init__(**kw)
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, world: VectorWorld, obs: np.ndarray, mask: np.ndarray) -> PolicyStep:
+        return PolicyStep(world.sample_actions(self.rng), {})
+
+
+class OraclePolicy(Policy):
+    """The world's expert (``world.oracle_actions``): reads the true state, privileged."""
+
+    name = "oracle"
+
+    def act(self, world: VectorWorld, obs: np.ndarray, mask: np.ndarray) -> PolicyStep:
+        return PolicyStep(world.oracle_actions(), {})
+
+
+class ModelPlannerPolicy(Policy):
+    """A planner (or a :class:`~planning.shield.Shield` around one) acting from a learned model's posterior.
+
+    One planner object serves every env: its warm start (``last_plan``) is kept per env and swapped
+    in before each env's decision, and cleared when the env starts an episode. Planners plan for one
+    state at a time, so the envs are planned in a Python loop (each decision is itself one batched
+    ``imagine`` per optimiser iteration); filtering is batched over envs.
+    """
+
+    name = "model_planner"
+
+    def __init__(self, model: DynamicsModel, planner, num_envs: int, *, context: int | None = None,
+                 device: torch.device | str | None = None, reader: ConceptReader | None = None,
+                 read_names: Sequence[str] = ()):
+        super().__init__(observer=LatentFilter(model, num_envs, context=context, device=device),
+                         reader=reader, read_names=read_names)
+        self.model, self.planner = model, planner
+        self._inner = getattr(planner, "planner", planner)     # a Shield keeps the warm start in its planner
+        self._plans: list[torch.Tensor | None] = [None] * num_envs
+
+    def start(self, world: VectorWorld, obs: np.ndarray, mask: np.ndarray) -> None:
+        super().start(world, obs, mask)
+        for i in np.flatnonzero(mask):
+            self._plans[i] = None
+
+    def states(self, world: VectorWorld) -> LatentState:
+        """``[n ...]`` the latent states the planner plans from: the filtered posteriors."""
+        return self.observer.state
+
+    def act(self, world: VectorWorld, obs: np.ndarray, mask: np.ndarray) -> PolicyStep:
+        states = self.states(world)
+        actions = np.zeros((world.num_envs, *world.single_action_space.shape),
+                           dtype=np.int64 if world.discrete_actions else np.float32)
+        infos = {}
+        for i in np.flatnonzero(mask):  # planners take a batch-1 state: one decision per env
+            self._inner.last_plan = self._plans[i]
+            a, info = self.planner.plan(states.at(slice(i, i + 1)))
+            self._plans[i] = self._inner.last_plan
+            actions[i] = a.detach().cpu().numpy()
+            infos[int(i)] = info
+        return PolicyStep(actions, infos)
+
+
+class TrueStatePlannerPolicy(ModelPlannerPolicy):
+    """A planner on an :class:`~planning.oracle.OracleModel`: it plans from the world's TRUE state
+    (``oracle.state_of(world)``), so its failures are the planner's and the reward's alone. An optional
+    ``observer``/``reader`` (a learned model's filter and an ontology) still records probe readings."""
+
+    name = "true_state_planner"
+
+    def __init__(self, oracle, planner, num_envs: int, *, device: torch.device | str | None = None,
+                 observer: LatentFilter | None = None, reader: ConceptReader | None = None,
+                 read_names: Sequence[str] = ()):
+        Policy.__init__(self, observer=observer, reader=reader, read_names=read_names)
+        self.model, self.planner, self.device = oracle, planner, device
+        self._inner = getattr(planner, "planner", planner)
+        self._plans = [None] * num_envs
+
+    def states(self, world: VectorWorld) -> LatentState:
+        return self.model.state_of(world, device=self.device)
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """One entry per planning decision (model-based policies), arrays ``[d]``."""
+
+    episode: np.ndarray
+    step: np.ndarray
+    predicted_return: np.ndarray
+    predicted_cost: np.ndarray
+    elite_spread: np.ndarray
+    latency_ms: np.ndarray
+    vetoed: np.ndarray
+
+
+@dataclass(frozen=True)
+class Visited:
+    """Every state the episodes passed through, arrays ``[m]``: true concepts and the probes' readings."""
+
+    episode: np.ndarray
+    step: np.ndarray
+    truth: Mapping[str, np.ndarray]
+    """``{concept: [m]}`` true values (``world.concepts()``)."""
+    readings: Mapping[str, np.ndarray]
+    """``{concept: [m]}`` the policy reader's values on the filtered posterior (empty without a reader)."""
+
+
+@dataclass(frozen=True)
+class EpisodeLog:
+    """The outcome of :func:`run_closed_loop`: per-episode arrays ``[e]`` (episode ``k`` at index ``k``),
+    per-decision :class:`Decisions` and the :class:`Visited` states."""
+
+    policy: str
+    true_return: np.ndarray
+    """``float64[e]`` undiscounted sum of the world's true rewards."""
+    success: np.ndarray
+    """``bool[e]`` the task was achieved."""
+    violations: np.ndarray
+    """``int64[e]`` steps on which a boundary was crossed (0 or 1 when violations terminate)."""
+    steps: np.ndarray
+    """``int64[e]`` real steps taken."""
+    truncated: np.ndarray
+    """``bool[e]`` the episode hit the time limit."""
+    ms_per_step: np.ndarray
+    """``float64[e]`` amortised wall milliseconds per decision (see the module docstring)."""
+    env: np.ndarray
+    """``int64[e]`` the env that ran the episode."""
+    decisions: Decisions
+    visited: Visited
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self.true_return.shape[0])
+
+
+def run_closed_loop(world: VectorWorld, policy: Policy, episodes: int, *, seed: int = 0,
+                    progress: bool = False) -> EpisodeLog:
+    """Run ``policy`` in ``world`` until ``episodes`` episodes have finished (see the module docstring).
+
+    ``world.reset(seed=seed)`` starts the run, so two policies run with one seed see the same stream of
+    layouts (assigned to episodes in the order envs finish, so pairing is approximate).
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    n = world.num_envs
+    ret, succ, viol, steps, trunc, ms = (np.zeros(episodes) for _ in range(6))
+    env_of = np.full(episodes, -1, dtype=np.int64)
+    dec: dict[str, list] = {k: [] for k in Decisions.__dataclass_fields__}
+    vis_ep, vis_step, truth, readings = [], [], {}, {}
+    ep = np.full(n, -1, dtype=np.int64)                      # episode each env is running (-1: idle)
+    ep[: min(n, episodes)] = np.arange(min(n, episodes))
+    env_of[ep[ep >= 0]] = np.flatnonzero(ep >= 0)
+    next_ep, t = min(n, episodes), np.zeros(n, dtype=np.int64)
+
+    def record(mask: np.ndarray) -> None:
+        if not mask.any():
+            return
+        vis_ep.append(ep[mask]), vis_step.append(t[mask])
+        for k, v in world.concepts().items():
+            truth.setdefault(k, []).append(np.asarray(v)[mask])
+        for k, v in policy.read().items():
+            readings.setdefault(k, []).append(np.asarray(v)[mask])
+
+    obs = world.reset(seed=seed)
+    active = ep >= 0
+    tic = time.perf_counter()
+    policy.start(world, obs, np.ones(n, dtype=bool))
+    record(active)
+    spent = (time.perf_counter() - tic) * 1e3
+    bar = tqdm(total=episodes, disable=not progress, desc=f"closed loop ({policy.name})", unit="episode")
+    while active.any():
+        tic = time.perf_counter()
+        out = policy.act(world, obs, active)
+        spent += (time.perf_counter() - tic) * 1e3
+        for i, info in out.infos.items():
+            for k, v in (("episode", ep[i]), ("step", t[i]), ("predicted_return", info.predicted_return),
+                         ("predicted_cost", info.predicted_cost), ("elite_spread", info.elite_spread),
+                         ("latency_ms", info.latency_ms), ("vetoed", info.vetoed)):
+                dec[k].append(v)
+        res = world.step(out.actions)
+        idx = ep[active]
+        ret[idx] += res.reward[active]
+        viol[idx] += res.violation[active]
+        succ[idx] = np.maximum(succ[idx], res.success[active])
+        steps[idx] += 1
+        ms[idx] += spent / active.sum()
+        t[active] += 1
+        tic = time.perf_counter()
+        policy.update(world, res.obs, out.actions, active)
+        spent = (time.perf_counter() - tic) * 1e3
+        record(active)
+        done = active & (res.terminated | res.truncated)
+        trunc[ep[done]] = res.truncated[done]
+        if done.any():
+            bar.update(int(done.sum()))
+            ep[done] = -1
+            fresh = np.flatnonzero(done)[: max(episodes - next_ep, 0)]
+            ep[fresh] = np.arange(next_ep, next_ep + len(fresh))
+            env_of[ep[fresh]] = fresh
+            next_ep += len(fresh)
+            obs = world.reset(mask=done)                     # idle envs are reset too (the world's contract)
+            started = np.zeros(n, dtype=bool)
+            started[fresh] = True
+            t[done] = 0
+            tic = time.perf_counter()
+            policy.start(world, obs, started)
+            spent += (time.perf_counter() - tic) * 1e3
+            record(started)
+        else:
+            obs = res.obs
+        active = ep >= 0
+    bar.close()
+    cat = lambda parts, dtype=None: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
+    decisions = Decisions(**{k: np.asarray(v, dtype=bool if k == "vetoed" else np.int64 if k in ("episode", "step")
+                                           else np.float64) for k, v in dec.items()})
+    visited = Visited(cat(vis_ep, np.int64), cat(vis_step, np.int64), {k: cat(v) for k, v in truth.items()},
+                      {k: cat(v) for k, v in readings.items()})
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_step = np.where(steps > 0, ms / np.maximum(steps, 1), 0.0)
+    return EpisodeLog(policy.name, ret, succ.astype(bool), viol.astype(np.int64), steps.astype(np.int64),
+                      trunc.astype(bool), per_step, env_of, decisions, visited)

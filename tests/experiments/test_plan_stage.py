@@ -1,0 +1,120 @@
+"""The planning stage on a tiny run folder (a tiny checkpoint, a synthetic ontology): metrics.json, CSVs, skips."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynamics import build_model
+from dynamics.training.checkpoint import META_KEY, AtomicCheckpointIO, model_meta
+from experiments.config import ConfigError
+from experiments.schema import resolve
+from experiments.stages.plan import run_plan
+from probes import LinearProbe, Normalizer, Ontology, OntologyEntry
+from probes.results import ResultRow, write_results_csv
+from worlds import make_world
+
+HIDDEN = 16
+BASE = ["world=lavakeydoor", "world.size=7", "world.max_steps=10", "dynamics=gru", f"dynamics.hparams.deter={HIDDEN}",
+        f"dynamics.hparams.hidden={HIDDEN}", f"dynamics.hparams.embed={HIDDEN}", "wandb.mode=disabled",
+        "plan.planners=[cem,discrete_cem]", "plan.episodes=4", "plan.num_envs=2", "plan.horizon=3", "plan.samples=12",
+        "plan.elites=3", "plan.iterations=2", "plan.n_boot=50"]
+REWARD = "plan.reward=-0.1 * steps_to_goal - 10 * in_lava"
+PROBED = ("in_lava", "steps_to_goal", "has_key")
+ROW_KEYS = {"planner", "model", "reward", "probe_method", "episodes", "success_rate", "violation_rate",
+            "mean_true_return", "mean_steps", "ms_per_step"}
+
+
+@pytest.fixture(scope="module")
+def run_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    """``(dynamics_dir, probes_dir)`` as the earlier stages leave them, built directly (no training)."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("run")
+    world = make_world("lavakeydoor", 1, size=7)
+    torch.manual_seed(0)
+    model = build_model("gru", {"shape": list(world.single_observation_space.shape), "kind": "symbolic"},
+                        {"discrete": True, "n": 5}, deter=HIDDEN, hidden=HIDDEN, embed=HIDDEN)
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, META_KEY: model_meta(model),
+            "global_step": 0}
+    AtomicCheckpointIO().save_checkpoint(ckpt, root / "dynamics" / "checkpoints" / "last.ckpt")
+    g = torch.Generator().manual_seed(0)
+    entries = {}
+    for n in PROBED:
+        c = world.schema[n]
+        probe = LinearProbe(c, Normalizer(torch.zeros(HIDDEN), torch.ones(HIDDEN)), {}, torch.randn(1, HIDDEN, generator=g),
+                            torch.full((1,), -1.0 if c.kind == "binary" else 5.0))
+        entries[n] = OntologyEntry(c, "linear", "deter", (HIDDEN,), probe, "r2" if c.kind == "scalar" else "balanced_accuracy", 0.9)
+    Ontology(entries).save(root / "probes" / "ontology")
+    write_results_csv([ResultRow("linear", "deter", "in_lava", "test", "balanced_accuracy", 0.9, 0.85, 0.95),
+                       ResultRow("linear", "deter", "steps_to_goal", "test", "r2", 0.8, 0.7, 0.9)],
+                      root / "probes" / "results.csv")
+    return root / "dynamics", root / "probes"
+
+
+@pytest.fixture(scope="module")
+def staged(run_dirs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("planning")
+    cfg = resolve([*BASE, REWARD])
+    metrics = run_plan(cfg, *run_dirs, out, progress=False)
+    return cfg, out, metrics
+
+
+def test_metrics_json_has_a_row_per_planner_model_reward_and_the_baselines(staged):
+    cfg, out, metrics = staged
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["rows"] == json.loads(json.dumps(metrics["rows"]))
+    keys = {(r["planner"], r["model"], r["reward"], r["probe_method"]) for r in on_disk["rows"]}
+    assert keys == {("discrete_cem", "learned", "latent", "linear"), ("discrete_cem", "oracle", "true", None),
+                    ("random", None, None, None), ("oracle", None, None, None)}
+    assert "continuous" in on_disk["skipped"]["planner:cem"]             # picked by the action space
+    for r in on_disk["rows"]:
+        assert ROW_KEYS <= set(r) and r["episodes"] == 4
+        for m in ("success_rate", "violation_rate", "mean_true_return", "mean_steps", "ms_per_step"):
+            e = r[m]
+            assert set(e) == {"estimate", "ci_low", "ci_high"} and e["ci_low"] <= e["estimate"] <= e["ci_high"]
+    oracle = next(r for r in on_disk["rows"] if r["planner"] == "oracle")
+    assert oracle["success_rate"]["estimate"] == 1.0 and oracle["violation_rate"]["estimate"] == 0.0
+    assert on_disk["reward"]["reward"] == "-0.1 * steps_to_goal - 10 * in_lava"
+    [bar] = on_disk["quality_bar"]
+    assert bar["planner"] == "discrete_cem" and isinstance(bar["passes"], bool)
+    assert bar["passes"] or bar["diagnosis"]                              # a reason whenever it falls short
+
+
+def test_shift_compares_visited_states_with_the_dataset(staged):
+    _, out, metrics = staged
+    shift = json.loads((out / "metrics.json").read_text())["shift"]
+    planners = {s["planner"] for s in shift}
+    assert planners == {"discrete_cem", "random", "oracle"}              # the learned rows and both baselines
+    assert {s["concept"] for s in shift} == set(PROBED)
+    row = next(s for s in shift if s["planner"] == "discrete_cem" and s["concept"] == "in_lava"
+               and s["metric"] == "balanced_accuracy")
+    assert row["dataset_test"] == {"estimate": 0.9, "ci_low": 0.85, "ci_high": 0.95} and row["in_reward"]
+    assert not next(s for s in shift if s["concept"] == "has_key")["in_reward"]
+
+
+def test_csvs_hold_every_episode_and_decision(staged):
+    _, out, metrics = staged
+    eps = list(csv.DictReader((out / "episodes.csv").open()))
+    assert len(eps) == 4 * len(metrics["rows"])
+    dec = list(csv.DictReader((out / "decisions.csv").open()))
+    planned = [e for e in eps if e["model"] in ("learned", "oracle")]
+    assert len(dec) == sum(int(e["steps"]) for e in planned)
+    assert {"predicted_return", "elite_spread", "latency_ms"} <= set(dec[0])
+
+
+def test_empty_reward_skips_with_a_reason(run_dirs, tmp_path):
+    cfg = resolve(BASE)
+    m = run_plan(cfg, *run_dirs, tmp_path, progress=False)
+    assert "plan.reward is empty" in m["skipped_stage"] and m["rows"] == []
+    assert json.loads((tmp_path / "metrics.json").read_text())["skipped_stage"] == m["skipped_stage"]
+
+
+def test_reward_is_checked_against_the_world_at_config_time():
+    with pytest.raises(ConfigError, match="in_hazard"):
+        resolve([*BASE, "plan.reward=at_goal - 10 * in_hazard"])
+    with pytest.raises(ConfigError, match="plan.planners"):
+        resolve([*BASE, REWARD, "plan.planners=[nope]"])
