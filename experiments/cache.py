@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from experiments.provenance import code_version, fingerprint, write_json
+from experiments.provenance import fingerprint, write_json
+from worlds.dataset.manifest import code_version
 from worlds.errors import OntolabError
 
 MARKER = "stage.json"

@@ -19,7 +19,8 @@ import yaml
 
 from experiments.cache import StageResult, run_lock, run_stage
 from experiments.config import ConfigError, to_dict
-from experiments.provenance import code_version, write_config, write_json
+from experiments.provenance import write_config, write_json
+from worlds.dataset.manifest import code_version
 from experiments.schema import RunConfig
 
 

@@ -6,34 +6,12 @@ import hashlib
 import math
 import json
 import os
-import subprocess
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from experiments.config import to_dict
-
-
-def code_version() -> dict[str, str | None]:
-    """The installed ontolab version and, when run from a git checkout, the commit (``+dirty`` if modified)."""
-    try:
-        version = metadata.version("ontolab")
-    except metadata.PackageNotFoundError:
-        version = None
-    commit = None
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=5, check=True).stdout.strip() or None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        if commit and dirty:
-            commit += "+dirty"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"version": version, "git_commit": commit}
 
 
 def fingerprint(obj: Any) -> str:

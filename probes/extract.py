@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -357,10 +358,21 @@ def temp_dir_for(out_dir: Path) -> Path:
 
 
 def write_json(path: Path, obj: Any) -> None:
+    """Strict JSON (NaN -> null), fsynced; callers write into a folder that is published atomically."""
     with open(path, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
+        json.dump(_json_safe(obj), f, indent=1, sort_keys=True, allow_nan=False)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
 
 
 def publish_dir(tmp: Path, final: Path) -> None:

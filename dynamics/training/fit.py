@@ -39,6 +39,7 @@ from dynamics.training.checkpoint import (BEST_NAME, LAST_NAME, AtomicCheckpoint
 from dynamics.training.data import WindowDataModule, WindowSource
 from dynamics.training.guards import NonFiniteGuard
 from dynamics.training.module import DynamicsModule
+from worlds.dataset.manifest import code_version
 from worlds.errors import OntolabError
 
 LOGGERS = ("wandb-offline", "wandb-online", "none")
@@ -70,14 +71,6 @@ def _check_int(name: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise OntolabError(f"{name} must be an integer >= {low}, got {value!r}")
     return value
-
-
-def _code_version() -> dict[str, Any]:
-    try:
-        from worlds.dataset.manifest import code_version  # the dataset writer records the same
-    except ImportError:
-        return {}
-    return code_version()
 
 
 def _check_specs(model: DynamicsModel, data: WindowSource) -> None:
@@ -189,7 +182,7 @@ def fit_dynamics(
         atomic_write_json(out / "run.json", {
             "settings": settings, "model": module.meta, "dataset_fingerprint": str(data.fingerprint),
             "seed": seed, "wandb_run_id": run_id, "resumed_from": None if ckpt_path is None else str(ckpt_path),
-            "code": _code_version(), "versions": {"python": platform.python_version(), "torch": torch.__version__,
+            "code": code_version(), "versions": {"python": platform.python_version(), "torch": torch.__version__,
                                                   "pytorch_lightning": pl.__version__},
         })
 
