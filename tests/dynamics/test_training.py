@@ -200,7 +200,7 @@ def test_wandb_offline_run_is_written_inside_out_dir(kit, grid_source, tmp_path)
 
 
 def test_fit_reads_an_on_disk_trajectory_dataset(kit, tmp_path):
-    dataset = pytest.importorskip("worlds.dataset")
+    from worlds import dataset
     from worlds.concepts import ConceptSchema
 
     spec = {"shape": [2, 3, 3], "dtype": "uint8", "obs_kind": "symbolic"}
