@@ -9,6 +9,7 @@ redoes everything downstream.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from experiments.schema import RunConfig
 
 
 # Bump a stage's version when what it writes changes: its cached outputs are then redone.
-STAGE_VERSIONS = {"data": 1, "dynamics": 2, "probes": 1}
+STAGE_VERSIONS = {"data": 1, "dynamics": 2, "probes": 1, "planning": 1}
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> RunResult:
     """Run every stage of ``cfg`` into ``cfg.out``; finished stages are reused."""
     from experiments.report import write_report
     from experiments.stages.collect import run_collect
+    from experiments.stages.plan import run_plan
     from experiments.stages.probe import run_probe
     from experiments.stages.train import run_train
 
@@ -116,10 +118,27 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> RunResult:
                                      lambda tmp: run_probe(cfg, data_path, stages["dynamics"].path, tmp, progress=progress))
         _link(out, "probes", stages["probes"].path)
 
+        stages["planning"] = run_stage(cache, "planning", {"world": to_dict(cfg.world), "plan": to_dict(cfg.plan),
+                                                           "seed": cfg.seed, "version": STAGE_VERSIONS["planning"]},
+                                       {"dynamics": stages["dynamics"].fingerprint, "probes": stages["probes"].fingerprint},
+                                       lambda tmp: run_plan(cfg, stages["dynamics"].path, stages["probes"].path, tmp,
+                                                            progress=progress))
+        _link(out, "planning", stages["planning"].path)
+
         summary = build_summary(cfg, data_path, stages, time.perf_counter() - t0)
         write_json(summary, out / "summary.json")
         write_report(cfg, summary, out)
     return RunResult(out, stages, summary)
+
+
+def planning_summary(stages: dict[str, StageResult]) -> dict[str, Any]:
+    """``{"planning": rows, "planning_details": {...}}`` for ``summary.json`` from ``planning/metrics.json``."""
+    path = stages["planning"].path / "metrics.json" if "planning" in stages else None
+    if path is None or not path.is_file():
+        return {"planning": [], "planning_details": {"skipped_stage": "the planning stage did not run"}}
+    m = json.loads(path.read_text())
+    details = {k: m[k] for k in ("reward", "episodes", "shift", "quality_bar", "skipped", "skipped_stage") if k in m}
+    return {"planning": m.get("rows", []), "planning_details": details}
 
 
 def _rate(v: dict[str, Any]) -> float:
@@ -133,8 +152,6 @@ def _rate(v: dict[str, Any]) -> float:
 
 def build_summary(cfg: RunConfig, data_path: Path, stages: dict[str, StageResult], seconds: float) -> dict[str, Any]:
     """The ``summary.json`` object (schema in the README; keys are only ever added, never renamed)."""
-    import json
-
     from probes.results import read_results_csv
     from worlds.dataset import TrajectoryDataset
 
@@ -161,7 +178,7 @@ def build_summary(cfg: RunConfig, data_path: Path, stages: dict[str, StageResult
         },
         "probes": [r.to_dict() for r in read_results_csv(stages["probes"].path / "results.csv")],
         "ontology": json.loads((stages["probes"].path / "harness.json").read_text())["ontology"],
-        "planning": [],
+        **planning_summary(stages),
         "timings": {name: round(s.seconds, 2) for name, s in stages.items()},
         "reused": {name: s.reused for name, s in stages.items()},
         "wall_seconds": round(seconds, 2),

@@ -45,6 +45,7 @@ def render_report(cfg: Any, summary: dict[str, Any]) -> str:
     elif ol:
         parts += [f"Open-loop prediction: {ol.get('skipped')}.", ""]
     parts += probe_section(summary)
+    parts += planning_section(summary)
     parts += ["## Timings", "", _table(["stage", "seconds", "reused"],
                                       [[k, v, summary.get("reused", {}).get(k)] for k, v in summary["timings"].items()]), ""]
     parts += ["## Config", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip(), "```", ""]
@@ -158,3 +159,42 @@ def probe_section(summary: dict[str, Any]) -> list[str]:
             "is on held-out episodes with a 95% bootstrap CI over episodes. Baselines: the label prior, the same "
             "probe on a randomly initialised model, the same probe on the raw current observation. Every row is in "
             "`probes/results.csv`.", "", table, ""]
+
+
+def planning_section(summary: dict[str, Any]) -> list[str]:
+    """Closed-loop results: one row per planner x model x reward x probe method, the bar, the shift."""
+    rows, details = summary.get("planning") or [], summary.get("planning_details") or {}
+    if details.get("skipped_stage"):
+        return ["## Planning", f"Skipped: {details['skipped_stage']}.", ""]
+    if not rows:
+        return []
+    reward = details.get("reward") or {}
+    cons = f" subject to {', '.join(reward['constraints'])}" if reward.get("constraints") else ""
+    parts = ["## Planning", f"Reward `{reward.get('reward')}`{cons}; {details.get('episodes')} real episodes per row. "
+             "*learned/latent*: the learned model with the reward compiled against the probes' ontology (what "
+             "ontolab is for); *oracle/true*: the true simulator with the true reward (the planner alone). Rates "
+             "carry exact Clopper-Pearson 95% intervals, means a bootstrap over episodes. Every episode is in "
+             "`planning/episodes.csv`, every decision in `planning/decisions.csv`.", "",
+             _table(["planner", "model", "reward", "probe method", "success", "violations", "true return", "steps",
+                     "ms/step"],
+                    [[r["planner"], r["model"], r["reward"], r["probe_method"], _ci(r["success_rate"]),
+                      _ci(r["violation_rate"]), _ci(r["mean_true_return"]), _ci(r["mean_steps"]), _ci(r["ms_per_step"])]
+                     for r in rows]), ""]
+    for q in details.get("quality_bar") or []:
+        ratio = q["success_ratio_to_oracle"]
+        verdict = "meets" if q["passes"] else "falls short of"
+        parts += [f"- `{q['planner']}` ({q['probe_method']} probes) {verdict} the bar (>= 80% of the oracle's "
+                  f"success, <= 5% violations, better than random): "
+                  f"{'n/a' if ratio is None else f'{ratio:.0%}'} of the oracle's success, "
+                  f"{q['violation_rate']:.0%} violations" + (f". Likely reason: {q['diagnosis']}." if q["diagnosis"] else ".")]
+    shift = [s for s in details.get("shift") or [] if s["in_reward"] and s["metric"] in ("balanced_accuracy", "r2")]
+    if shift:
+        parts += ["", "Planner-induced shift: the reward's probes on the states each policy visited (filtered "
+                  "posterior, true concepts) vs on the dataset's held-out episodes.", "",
+                  _table(["policy", "probe method", "concept", "metric", "visited states", "dataset (test)"],
+                         [[s["planner"] + (f" ({s['model']})" if s["model"] else ""), s["probe_method"] or s["method"],
+                           s["concept"], s["metric"], _ci(s["visited"]), _ci(s["dataset_test"])] for s in shift])]
+    skipped = details.get("skipped") or {}
+    if skipped:
+        parts += ["", *[f"- skipped {k}: {why}" for k, why in skipped.items()]]
+    return parts + [""]

@@ -101,6 +101,46 @@ class ProbesSection:
 
 
 @dataclass(frozen=True)
+class PlanSection:
+    reward: str = field("", help="reward expression over concept names, e.g. '-0.1 * steps_to_goal - 10 * in_lava' "
+                            "(empty: the planning stage is skipped, saying so)")
+    constraints: tuple[str, ...] = field((), help="constraints, e.g. ['never in_lava']")
+    planners: tuple[str, ...] = field(("cem", "mppi", "discrete_cem"),
+                                      help="planners to run; those that do not fit the world's action space are skipped "
+                                           "(discrete worlds: discrete_cem, exhaustive, shooting; continuous: cem, icem, mppi, shooting)")
+    episodes: int = field(50, help="real-world episodes per planner x model x reward, and per baseline")
+    num_envs: int = field(16, help="environments stepped together (episodes run in parallel)")
+    horizon: int = field(15, help="planning horizon in steps")
+    samples: int = field(256, help="action sequences imagined per optimiser iteration")
+    elites: int = field(32, help="elite sequences kept per iteration (capped at samples)")
+    iterations: int = field(4, help="optimiser iterations per decision (random shooting: 1)")
+    discount: float = field(1.0, help="discount of imagined rewards")
+    cost_limit: float = field(0.0, help="a plan is feasible when its summed constraint cost is at most this")
+    context: int | None = field(None, help="filter each env's posterior from its last this many real steps (null: the whole episode)")
+    n_boot: int = field(1000, help="bootstrap resamples (over episodes) for every confidence interval")
+    device: str = field("cpu", help="torch device of the model, planners and probes, e.g. cuda")
+
+    def __post_init__(self) -> None:
+        from planning.planner import PLANNER_NAMES
+        from rewards import RewardError, RewardSpec
+
+        bad = [p for p in self.planners if p not in PLANNER_NAMES]
+        if bad or not self.planners:
+            raise ConfigError(f"plan.planners: unknown planner(s) {bad or '(none)'}; known: {', '.join(PLANNER_NAMES)}")
+        for k in ("episodes", "num_envs", "horizon", "samples", "elites", "iterations", "n_boot"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"plan.{k} must be a positive integer, got {getattr(self, k)}")
+        if not 0.0 < self.discount <= 1.0:
+            raise ConfigError(f"plan.discount must lie in (0, 1], got {self.discount}")
+        if self.context is not None and self.context < 1:
+            raise ConfigError(f"plan.context must be a positive integer or null, got {self.context}")
+        try:  # syntax only here; names and types are checked against the world in resolve()
+            RewardSpec(self.reward or "0", tuple(self.constraints))
+        except RewardError as e:
+            raise ConfigError(f"plan: {e}") from None
+
+
+@dataclass(frozen=True)
 class WandbSection:
     mode: str = field("offline", help="offline (default), online (sync; needs an account) or disabled")
     project: str = field("ontolab", help="wandb project name")
@@ -120,6 +160,7 @@ class RunConfig:
     data: DataSection = field(default_factory=DataSection, help="trajectory collection")
     dynamics: DynamicsSection = field(default_factory=DynamicsSection, help="dynamics model training")
     probes: ProbesSection = field(default_factory=ProbesSection, help="probe methods and the harness")
+    plan: PlanSection = field(default_factory=PlanSection, help="planners acting in the real world (closed loop)")
     wandb: WandbSection = field(default_factory=WandbSection, help="experiment logging")
 
     def __post_init__(self) -> None:
@@ -182,6 +223,13 @@ def _check_names(cfg: RunConfig) -> None:
         model_config(cfg.dynamics.model, **cfg.dynamics.hparams)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"dynamics: {e}") from None
+    if cfg.plan.reward.strip():  # names and types of the reward against this world's concepts
+        from rewards import RewardError, RewardSpec
+
+        try:
+            RewardSpec(cfg.plan.reward, tuple(cfg.plan.constraints)).check(entry.cls(num_envs=1, params=params, seed=0).schema)
+        except RewardError as e:
+            raise ConfigError(f"plan.reward: {e}") from None
     if cfg.probes.sites or cfg.probes.concepts:
         world = entry.cls(num_envs=1, params=params, seed=0)
         bad = [c for c in cfg.probes.concepts if c not in world.schema]

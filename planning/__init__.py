@@ -7,6 +7,8 @@ first actions. :func:`oracle_model` puts a world's true simulator behind the mod
 """
 
 from planning.cem import CEM
+from planning.closed_loop import (Decisions, EpisodeLog, LatentFilter, ModelPlannerPolicy, OraclePolicy, PolicyStep,
+                                  RandomPolicy, TrueStatePlannerPolicy, Visited, run_closed_loop)
 from planning.discrete import DiscreteCEM, Exhaustive
 from planning.icem import ICEM, colored_noise
 from planning.mppi import MPPI
@@ -20,26 +22,36 @@ from planning.types import ConceptReader, RewardFn, StepRewards, concept_reward
 __all__ = [
     "CEM",
     "ConceptReader",
+    "Decisions",
     "DiscreteCEM",
+    "EpisodeLog",
     "Exhaustive",
     "ICEM",
+    "LatentFilter",
     "LavaKeyDoorOracle",
     "MPPI",
+    "ModelPlannerPolicy",
     "Optimised",
     "OracleModel",
+    "OraclePolicy",
     "PLANNER_NAMES",
     "PlanInfo",
     "Planner",
     "PointMassOracle",
+    "PolicyStep",
+    "RandomPolicy",
     "RandomShooting",
     "RewardFn",
     "Scores",
     "Shield",
     "StepRewards",
+    "TrueStatePlannerPolicy",
+    "Visited",
     "colored_noise",
     "concept_reward",
     "make_planner",
     "oracle_model",
     "rank",
+    "run_closed_loop",
     "score_sequences",
 ]

@@ -248,15 +248,21 @@ def quality_bar(rows: list[dict[str, Any]], shift: list[dict[str, Any]]) -> list
                             and s["metric"] in POOR and s["visited"]["estimate"] is not None]
             dropped = sorted({s["concept"] for s in reward_shift if s["dataset_test"] and s["visited"]["ci_high"] is not None
                               and s["visited"]["ci_high"] < s["dataset_test"]["ci_low"]})
+            unreadable = sorted({s["concept"] for s in reward_shift if s["dataset_test"]
+                                 and s["dataset_test"]["estimate"] < POOR[s["metric"]]})
             poor = sorted({s["concept"] for s in reward_shift if s["visited"]["estimate"] < POOR[s["metric"]]})
             if true_row is not None and not bar(true_row)[1]:
                 diagnosis = ("planner budget or reward specification: the same planner on the true simulator with "
                              "the true reward also falls short")
+            elif unreadable:
+                diagnosis = (f"probe error: {unreadable} are read poorly even on the dataset's held-out episodes "
+                             f"(below {POOR}), so the latent reward is not the true one"
+                             + (f"; {dropped} read worse still on the planner's states" if dropped else ""))
             elif dropped:
                 diagnosis = (f"probe error under planner-induced shift: {dropped} read worse on the states the planner "
                              "visits than on the dataset's held-out episodes")
             elif poor:
-                diagnosis = f"probe error: {poor} read poorly on the visited states (thresholds {POOR})"
+                diagnosis = f"probe error: {poor} read poorly on the visited states (below {POOR})"
             else:
                 diagnosis = ("most likely dynamics model error: the planner succeeds on the true simulator and the "
                              "reward's probes read the visited states adequately")
