@@ -78,6 +78,11 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
                    and b["random_model"]["ci_high"] is not None and b["test"]["ci_low"] > b["random_model"]["ci_high"])
         t.add_row("probes", f"{len(board)} concepts; {good} read clearly better than from a random model "
                   f"(see the report's leaderboard)", f"{summary['timings'].get('probes', 0):.1f}")
+    for r in summary.get("planning") or []:
+        if r.get("model") == "learned":
+            t.add_row("planning", f"{r['planner']} on the learned model + probe reward: success "
+                      f"{_ci(r['success_rate'])}, violations {_ci(r['violation_rate'])}",
+                      f"{summary['timings'].get('planning', 0):.1f}")
     Console().print(t)
     print(f"report: {Path(out) / 'report.md'}")
 

@@ -44,8 +44,13 @@ def test_quickstart_command_end_to_end(tmp_path):
     assert all(isinstance(v, float) for v in s["data"]["base_rates"].values())
     assert s["dynamics"]["model"] == "rssm" and isinstance(s["dynamics"]["val_loss"], float)
     assert set(s["dynamics"]["open_loop_error"]) == {"1", "5", "15"}
-    assert "planning" in s and "timings" in s
-    assert set(s["timings"]) >= {"data", "dynamics", "probes"}
+    assert set(s["timings"]) >= {"data", "dynamics", "probes", "planning"}
+    plan = {(r["planner"], r["model"], r["reward"]) for r in s["planning"]}
+    assert {("discrete_cem", "learned", "latent"), ("discrete_cem", "oracle", "true"),
+            ("random", None, None), ("oracle", None, None)} <= plan
+    for r in s["planning"]:
+        assert {"planner", "model", "reward", "probe_method", "episodes", "success_rate", "violation_rate",
+                "mean_true_return", "ms_per_step"} <= set(r)
     rows = s["probes"]
     assert {r["method"] for r in rows} >= {"linear", "sparse", "prior", "random_model", "observation"}
     assert {r["split"] for r in rows} >= {"test", "ood"}
@@ -57,7 +62,7 @@ def test_quickstart_command_end_to_end(tmp_path):
     for choice in s["ontology"].values():
         assert set(choice) == {"method", "site"} and choice["site"] in ("deter", "feat")
     report = (run / "report.md").read_text()
-    assert "## Dynamics" in report and "## Probes" in report
+    assert "## Dynamics" in report and "## Probes" in report and "## Planning" in report
 
 
 @pytest.mark.slow
