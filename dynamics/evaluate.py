@@ -64,23 +64,34 @@ class OpenLoopReport:
 def episode_windows(episodes: Sequence[Episode], length: int, stride: int | None = None) -> dict[str, Tensor]:
     """Cut every episode into windows of ``length`` steps that start at ``0, stride, 2 stride, ...`` and fit
     inside the episode (shorter episodes give none). Returns ``{"obs": [n length *obs], "actions":
-    [n length ...], "is_first": [n length]}``; ``is_first`` is true only at a window starting at step 0."""
+    [n length ...], "is_first": [n length], "episode": [n]}``; ``is_first`` is true only at a window
+    starting at step 0; ``episode`` indexes ``episodes`` (pass it as ``groups`` to :func:`evaluate_open_loop`)."""
     stride = stride or length
     if length < 1 or stride < 1:
         raise ValueError(f"length and stride must be positive, got length={length}, stride={stride}")
     cut = {"obs": [], "actions": [], "is_first": []}
-    for ep in episodes:
+    episode = []
+    for i, ep in enumerate(episodes):
         for start in range(0, len(ep) - length + 1, stride):
             for k in cut:
                 cut[k].append(getattr(ep, k)[start:start + length])
+            episode.append(i)
     if not cut["obs"]:
         raise ValueError(f"no episode has {length} steps (longest: {max((len(e) for e in episodes), default=0)}); "
                          "use shorter windows or longer episodes")
-    return {k: torch.from_numpy(np.stack(v)) for k, v in cut.items()}
+    out = {k: torch.from_numpy(np.stack(v)) for k, v in cut.items()}
+    out["episode"] = torch.tensor(episode, dtype=torch.int64)  # [n]: which episode each window came from
+    return out
 
 
-def _estimate(num: np.ndarray, den: np.ndarray, rng: np.random.Generator, resamples: int = 200) -> Estimate:
-    """Pooled ratio ``sum(num) / sum(den)`` over windows with a percentile bootstrap over windows."""
+def _estimate(num: np.ndarray, den: np.ndarray, rng: np.random.Generator, resamples: int = 200,
+              groups: np.ndarray | None = None) -> Estimate:
+    """Pooled ratio ``sum(num) / sum(den)`` with a percentile bootstrap over ``groups`` (episodes; windows
+    cut from one episode are correlated, so resampling them one by one would give too narrow an interval)
+    or, when no groups are given, over windows."""
+    if groups is not None:
+        _, g = np.unique(groups, return_inverse=True)
+        num, den = np.bincount(g, weights=num), np.bincount(g, weights=den)
     total = float(den.sum())
     if total == 0:
         return Estimate(float("nan"), float("nan"), float("nan"), count=0)
@@ -93,14 +104,16 @@ def _estimate(num: np.ndarray, den: np.ndarray, rng: np.random.Generator, resamp
 @torch.inference_mode()
 def evaluate_open_loop(model: DynamicsModel, obs: Tensor, actions: Tensor, is_first: Tensor, context: int,
                        horizons: Sequence[int] = (1, 5, 15), *, decode: Callable[[LatentState], Tensor] | None = None,
-                       sample: bool = False, batch_size: int = 256, seed: int = 0) -> OpenLoopReport:
+                       sample: bool = False, batch_size: int = 256, seed: int = 0,
+                       groups: Tensor | np.ndarray | None = None) -> OpenLoopReport:
     """Open-loop prediction quality of ``model`` on windows ``obs[b T *obs]``, ``actions[b T ...]``,
     ``is_first[b T]`` (see the module docstring). ``decode`` replaces ``model.decode`` (e.g. a decoder
-    fitted on frozen latents of a model without one); ``sample`` is passed to ``imagine``."""
+    fitted on frozen latents of a model without one); ``sample`` is passed to ``imagine``; ``groups[b]``
+    (e.g. ``episode_windows(...)["episode"]``) makes the intervals a bootstrap over episodes."""
     horizons = tuple(sorted(set(int(k) for k in horizons)))
-    h = horizons[-1]
     if not horizons or horizons[0] < 1 or context < 1:
         raise ValueError(f"need context >= 1 and horizons >= 1, got context={context}, horizons={horizons}")
+    h = horizons[-1]
     if obs.shape[1] < context + h:
         raise ValueError(f"windows must have at least context + max(horizon) = {context + h} steps, got {obs.shape[1]}")
     if is_first[:, 1:context + h].any():
@@ -127,9 +140,12 @@ def evaluate_open_loop(model: DynamicsModel, obs: Tensor, actions: Tensor, is_fi
     s = {k: np.concatenate(v) for k, v in stats.items()}  # each [b K]
     rng = np.random.default_rng(seed)
     col = {k: i for i, k in enumerate(horizons)}
+    grp = None if groups is None else np.asarray(groups)
+    if grp is not None and grp.shape != (obs.shape[0],):
+        raise ValueError(f"groups must have shape ({obs.shape[0]},) -- one per window, got {tuple(grp.shape)}")
 
     def per_k(num: str, den: str) -> dict[int, Estimate]:
-        return {k: _estimate(s[num][:, i], s[den][:, i], rng) for k, i in col.items()}
+        return {k: _estimate(s[num][:, i], s[den][:, i], rng, groups=grp) for k, i in col.items()}
 
     return OpenLoopReport(
         metric="accuracy" if spec.kind == "symbolic" else "mse", context=context, horizons=horizons,

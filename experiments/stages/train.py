@@ -60,12 +60,14 @@ def evaluate_stage(model, data_path: Path, out: Path, *, split: str = "test", co
         result = {"skipped": f"no {split} episode has {context + max(horizons)} steps (longest: {longest}); collect more episodes"}
     else:
         w = episode_windows(episodes, context + max(horizons), stride=max(horizons))
-        rep = evaluate_open_loop(model, w["obs"], w["actions"], w["is_first"], context, horizons, seed=seed)
+        rep = evaluate_open_loop(model, w["obs"], w["actions"], w["is_first"], context, horizons, seed=seed,
+                                 groups=w["episode"])
 
         def est(d):
             return {str(k): {"estimate": e.estimate, "ci_low": e.lower, "ci_high": e.upper} for k, e in d.items()}
 
         result = {"split": split, "metric": rep.metric, "context": context, "windows": rep.num_windows,
+                  "episodes": int(w["episode"].unique().numel()),
                   "model": est(rep.model), "copy_last_frame": est(rep.copy),
                   "model_changed_cells": est(rep.model_changed), "copy_changed_cells": est(rep.copy_changed),
                   "changed_fraction": {str(k): v for k, v in rep.changed_fraction.items()},

@@ -151,8 +151,25 @@ def test_episode_windows_cut_inside_episodes():
     assert tuple(w["obs"].shape) == (7, 4, 2, SIZE, SIZE)
     torch.testing.assert_close(w["obs"][6], obs[2, 6:10])
     assert w["is_first"][:, 0].tolist() == [True, False, True, False, True, False, False]
+    assert w["episode"].tolist() == [0, 0, 1, 1, 2, 2, 2]
     with pytest.raises(ValueError, match="no episode has 20 steps"):
         episode_windows(eps, length=20)
+
+
+def test_intervals_resample_episodes_not_windows():
+    from dynamics.evaluate import _estimate
+
+    rng = np.random.default_rng(0)
+    per_episode = rng.uniform(0.5, 1.0, size=20)
+    num = np.repeat(per_episode, 10) * 25  # 10 identical (perfectly correlated) windows per episode
+    den = np.full(200, 25.0)
+    groups = np.repeat(np.arange(20), 10)
+    grouped = _estimate(num, den, np.random.default_rng(1), resamples=2000, groups=groups)
+    naive = _estimate(num, den, np.random.default_rng(1), resamples=2000)
+    assert grouped.estimate == pytest.approx(naive.estimate)
+    assert grouped.n_groups == 20 and naive.n_groups == 200
+    width = lambda e: e.upper - e.lower  # noqa: E731
+    assert width(grouped) > 2.5 * width(naive)  # sqrt(10) ~ 3.2 for fully correlated windows
 
 
 # -- the quality bar on the default world ----------------------------------------------------------
