@@ -97,7 +97,7 @@ def collect_sites(model: DynamicsModel, batches: Iterable[Mapping[str, Tensor | 
     extra: dict[str, list[Tensor]] = {}
     seqs, steps, offset = [], [], 0
     was_training = model.training
-    model.eval()
+    model.train(False)  # eval mode
     try:
         for item in batches:
             batch = _as_batch(item)

@@ -122,7 +122,7 @@ def evaluate_open_loop(model: DynamicsModel, obs: Tensor, actions: Tensor, is_fi
     spec = model.obs_spec
     device = next(model.parameters()).device
     was_training = model.training
-    model.eval()
+    model.train(False)  # eval mode
     stats: dict[str, list[np.ndarray]] = {}
     try:
         for start in range(0, obs.shape[0], batch_size):

@@ -250,7 +250,7 @@ def causal_sufficiency(model: DynamicsModel, episodes: Episodes, probe: Probe, s
             return skip(f"scenario {scenario.name!r} found no anchors in these episodes")
         anchors, actions = scenario.anchors, torch.as_tensor(scenario.actions)
     was_training = model.training
-    model.eval()
+    model.train(False)  # eval mode
     try:
         base = posterior_states(model, eps, anchors, device=device).map(torch.Tensor.detach)
         x0 = base[site]
@@ -351,7 +351,7 @@ def causal_necessity(model: DynamicsModel, episodes: Episodes, concept: Concept,
     nulls = [random_subspace_eraser(eraser.dim, eraser.rank, seed + 1 + i, bias=eraser.bias) for i in range(null_draws)]
     losses: dict[str, list[Tensor]] = {"clean": [], "leace": [], "null": []}
     was_training = model.training
-    model.eval()
+    model.train(False)  # eval mode
     try:
         post = posterior_states(model, eps, anchors, device=device)
         with torch.inference_mode():

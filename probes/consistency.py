@@ -169,7 +169,7 @@ def imagine_latents(model: DynamicsModel, episodes: Sequence[Episode] | Trajecto
     check_site(model, site)
     anchors = anchor_steps([len(e) for e in eps], context, ks[-1], stride)
     was_training = model.training
-    model.eval()
+    model.train(False)  # eval mode
     try:
         post = posterior_states(model, eps, anchors, device=device)
         acts = future_actions(eps, anchors, ks[-1])
@@ -336,7 +336,7 @@ def state_consistency(model: DynamicsModel, episodes: Sequence[Episode] | Trajec
     if keys.shape != (len(anchors),):
         raise ProbeError(f"keys must have shape ({len(anchors)},) (one per step of the episodes), got {keys.shape}")
     was_training = model.training
-    model.eval()
+    model.train(False)  # eval mode
     try:
         x = flat(posterior_states(model, eps, anchors, device=device)[site])
     finally:

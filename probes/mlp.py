@@ -127,7 +127,7 @@ class MLPFitter(ProbeFitter):
                 opt.zero_grad()
                 loss_fn(forward(z[idx]), t[idx]).backward()
                 opt.step()
-            net.eval()
+            net.train(False)  # eval mode
             with torch.no_grad():
                 vloss = float(loss_fn(forward(zv), tv))
             if vloss < best - 1e-6:

@@ -327,4 +327,4 @@ def load_model(path: str | os.PathLike, expected_model: str | None = None, *, ma
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint {path}: weights do not fit model {name!r} ({first})") from None
-    return model.eval()
+    return model.train(False)  # eval mode

@@ -38,7 +38,7 @@ def run_probe(cfg: RunConfig, data_path: Path, dynamics_dir: Path, out: Path, *,
     splits = [s for s in ("train", "val", "test", "ood") if s in ds.splits]
     with torch.inference_mode():
         store = extract_latents(model, ds, splits, sites, out / "latents", progress=progress)
-        random_model = build_for_dataset(dataclasses.replace(cfg, seed=cfg.seed + 1), ds).eval()
+        random_model = build_for_dataset(dataclasses.replace(cfg, seed=cfg.seed + 1), ds).train(False)
         random_store = extract_latents(random_model, ds, splits, sites, out / "latents_random", progress=progress)
     res = run_harness(store, ds.schema, p.methods, sites, concepts=concepts, seeds=p.seeds, n_boot=p.n_boot,
                       seed=cfg.seed, random_store=random_store, control=p.control, mdl=p.mdl,
