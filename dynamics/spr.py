@@ -30,8 +30,8 @@ from einops import rearrange
 from torch import Tensor
 
 from dynamics.base import ActionSpec, LatentState, LossOutput, ObsSpec
-from dynamics.gru import BlankableGRU, RecurrentLatentModel, observed_prefix
-from dynamics.networks import ENCODER_KINDS, ObsEncoder, flatten_bt, mlp
+from dynamics.gru import BlankableGRU, GRUConfig, RecurrentLatentModel, observed_prefix
+from dynamics.networks import ObsEncoder, flatten_bt, mlp
 
 
 def effective_rank(x: Tensor, eps: float = 1e-12) -> Tensor:
@@ -55,21 +55,11 @@ def vicreg_terms(z: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
 
 
 @dataclass(frozen=True)
-class SPRConfig:
-    """Hyperparameters of :class:`SPRModel`."""
+class SPRConfig(GRUConfig):
+    """Hyperparameters of :class:`SPRModel`: the recurrent core's (:class:`~dynamics.gru.GRUConfig`) and its own."""
 
-    deter: int = 192
-    """Width of the GRU state."""
-    hidden: int = 192
-    """Width of the hidden layers."""
     embed: int = 128
     """Width of the observation embedding (the latent that is predicted)."""
-    encoder: str = "auto"
-    """``"auto"`` (MLP for small grids, conv otherwise), ``"mlp"`` or ``"conv"``."""
-    conv_depth: int = 32
-    """Channels of the first conv layer (doubling per layer)."""
-    symlog: bool = True
-    """Encode vector observations in symlog space."""
     ema: float = 0.99
     """Decay of the target encoder's moving average (1 freezes it, 0 copies the online encoder)."""
     var_weight: float = 1.0
@@ -78,11 +68,7 @@ class SPRConfig:
     """Weight of the VICReg covariance penalty."""
 
     def __post_init__(self) -> None:
-        for name in ("deter", "hidden", "embed", "conv_depth"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.encoder not in ENCODER_KINDS:
-            raise ValueError(f"encoder must be one of {ENCODER_KINDS}, got {self.encoder!r}")
+        super().__post_init__()
         if not 0.0 <= self.ema <= 1.0:
             raise ValueError(f"ema must lie in [0, 1], got {self.ema!r}")
 

@@ -5,35 +5,19 @@ from __future__ import annotations
 import hashlib
 import math
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from experiments.config import to_dict
+from worlds.atomic import atomic_write_text
 
 
 def fingerprint(obj: Any) -> str:
     """A short sha256 of a JSON-serialisable object (key order does not matter)."""
     blob = json.dumps(to_dict(obj), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder, fsync and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_config(cfg: Any, path: str | Path) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 from torch import Tensor
 
 from probes.normalize import Normalizer
+from worlds.atomic import atomic_write_bytes
 from worlds.concepts import Concept
 from worlds.errors import OntolabError
 
@@ -183,17 +183,7 @@ class Probe(ABC):
                   "hparams": self.hparams, "tuples": tuples, "fields": plain}
         blob = safetensors.torch.save({k: t.detach().cpu().contiguous() for k, t in tensors.items()},
                                       metadata={_HEADER_KEY: json.dumps(header)})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(blob)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write_bytes(path, blob)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "Probe":

@@ -10,14 +10,15 @@ untrained dynamics network, ``"observation"``: the probe on the raw observation)
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
 
 from probes.stats import Estimate
+from worlds.atomic import atomic_write_text
 
 SPLITS: tuple[str, ...] = ("test", "ood", "imagined_k1", "imagined_k5", "imagined_k15")
 METRICS: tuple[str, ...] = (
@@ -80,26 +81,16 @@ COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ResultRow))
 
 def write_results_csv(rows: Iterable[ResultRow], path: str | os.PathLike) -> Path:
     """Write ``rows`` to ``path`` atomically (temp file in the same folder, fsync, os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            for row in rows:
-                if not isinstance(row, ResultRow):
-                    raise TypeError(f"rows must be ResultRow objects, got {type(row).__name__}")
-                d = row.to_dict()
-                d.update({k: repr(d[k]) for k in ("estimate", "ci_low", "ci_high")})  # repr: round-trips exactly
-                writer.writerow(d)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        if not isinstance(row, ResultRow):
+            raise TypeError(f"rows must be ResultRow objects, got {type(row).__name__}")
+        d = row.to_dict()
+        d.update({k: repr(d[k]) for k in ("estimate", "ci_low", "ci_high")})  # repr: round-trips exactly
+        writer.writerow(d)
+    path = atomic_write_text(path, buf.getvalue())
     return path
 
 

@@ -39,6 +39,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from dynamics.base import ActionSpec, DynamicsModel, ObsSpec
+from worlds.atomic import fsync_dir
 from worlds.errors import OntolabError
 
 META_KEY = "ontolab"
@@ -52,18 +53,6 @@ class CheckpointError(OntolabError):
 
 
 # -- atomic files -----------------------------------------------------------------------------------
-def fsync_dir(folder: str | os.PathLike) -> None:
-    """Make a rename in ``folder`` durable (no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_temp(target: Path, data: bytes) -> Path:
     """Write ``data`` durably to a hidden temp file next to ``target``; returns its path."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")

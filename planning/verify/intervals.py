@@ -39,9 +39,9 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.stats import beta
 
-from planning.verify.model import CountModel
+from planning.verify.model import CountModel, RowGroupedModel
 from planning.verify.result import CheckResult, Empirical
-from planning.verify.storm import (DEFAULT_PRECISION, import_stormpy, parse, run_check, sound_environment,
+from planning.verify.storm import (DEFAULT_PRECISION, _vectors, import_stormpy, parse, run_check, sound_environment,
                                    storm_labeling, storm_matrix)
 from planning.verify.validate import VerifyError, validate_initial, validate_intervals, validate_labels
 
@@ -78,7 +78,7 @@ def empirical_rate(hits: int, episodes: int, confidence: float = 0.99) -> Empiri
 
 
 @dataclass(frozen=True)
-class IntervalModel:
+class IntervalModel(RowGroupedModel):
     """A DTMC or MDP whose transition probabilities are only known to lie in intervals."""
 
     upper: sp.csr_array
@@ -93,18 +93,8 @@ class IntervalModel:
     """Joint confidence that every interval holds its true probability (1.0 for exact intervals)."""
 
     @property
-    def num_states(self) -> int:
-        return int(self.upper.shape[1])
-
-    @property
-    def is_dtmc(self) -> bool:
-        return bool(np.all(np.diff(self.row_groups) == 1))
-
-    @property
-    def initial_distribution(self) -> np.ndarray:
-        if self.initial is not None:
-            return np.asarray(self.initial, dtype=np.float64)
-        return np.eye(1, self.num_states).ravel()
+    def _columns(self):
+        return self.upper
 
     def validate(self) -> None:
         """Intervals, labels and initial distribution (see :mod:`planning.verify.validate`)."""
@@ -235,13 +225,7 @@ def robust_state_values(model: IntervalModel, text: str, nature: str = "max",
         scheduler = "max" if text.lstrip().startswith("Pmax") else "min"
         mode = modes.COOPERATIVE if scheduler == nature else modes.ROBUST
     result = run_check(stormpy, sparse, prop, sound_environment(precision), uncertainty_resolution_mode=mode)
-    n = model.num_states
-    value = np.asarray(result.get_value_vector(), dtype=np.float64)
-    lower = np.asarray(result.get_lower_bound_vector(), dtype=np.float64) if result.has_lower_bounds() \
-        else np.full(n, np.nan)
-    upper = np.asarray(result.get_upper_bound_vector(), dtype=np.float64) if result.has_upper_bounds() \
-        else np.full(n, np.nan)
-    return value, lower, upper
+    return _vectors(result, model.num_states)
 
 
 def robust_check(model: IntervalModel, text: str, nature: str = "max",

@@ -28,8 +28,32 @@ import scipy.sparse as sp
 from planning.verify.validate import LABEL_PATTERN, VerifyError
 
 
+class RowGroupedModel:
+    """What every explicit model shares: ``row_groups`` (Storm's choice layout), ``initial``, and the
+    number of columns of ``_columns`` (a matrix ``[rows states]``: probabilities or interval bounds)."""
+
+    row_groups: np.ndarray
+    initial: np.ndarray | None
+
+    @property
+    def num_states(self) -> int:
+        return int(self._columns.shape[1])
+
+    @property
+    def is_dtmc(self) -> bool:
+        """Whether every state has exactly one row (no choices left to resolve)."""
+        return bool(np.all(np.diff(self.row_groups) == 1))
+
+    @property
+    def initial_distribution(self) -> np.ndarray:
+        """``float64[states]``, the default (state 0) filled in."""
+        if self.initial is not None:
+            return np.asarray(self.initial, dtype=np.float64)
+        return np.eye(1, self.num_states).ravel()
+
+
 @dataclass(frozen=True)
-class ExplicitModel:
+class ExplicitModel(RowGroupedModel):
     """A finite DTMC (one row per state) or MDP (a group of rows per state) in sparse form."""
 
     matrix: sp.csr_array
@@ -42,22 +66,8 @@ class ExplicitModel:
     """``float64[states]`` initial distribution; ``None`` means state 0 with probability one."""
 
     @property
-    def num_states(self) -> int:
-        return int(self.matrix.shape[1])
-
-    @property
-    def is_dtmc(self) -> bool:
-        """Whether every state has exactly one row (no choices left to resolve)."""
-        return bool(np.all(np.diff(self.row_groups) == 1))
-
-    @property
-    def initial_distribution(self) -> np.ndarray:
-        """``float64[states]``, the default (state 0) filled in."""
-        if self.initial is not None:
-            return np.asarray(self.initial, dtype=np.float64)
-        init = np.zeros(self.num_states)
-        init[0] = 1.0
-        return init
+    def _columns(self):
+        return self.matrix
 
     def labels_of(self, state: int) -> frozenset[str]:
         """The set of label names of one state."""

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from worlds.atomic import fsync_dir
 from worlds.base import VectorWorld
 from worlds.concepts import ConceptSchema
 from worlds.dataset.manifest import (
@@ -152,7 +153,7 @@ class DatasetWriter:
             full_shape = (self._buffered_steps, *shape)
             digest = _write_npy(self._tmp / rel, [ep[field] for ep in self._buffer], full_shape, np.dtype(dtype))
             files[field] = {"path": rel, "shape": list(full_shape), "dtype": dtype, "sha256": digest}
-        _fsync_dir(self._tmp / name)
+        fsync_dir(self._tmp / name)
         self._shards.append({"name": name, "steps": self._buffered_steps, "files": files})
         self._buffer, self._buffered_steps = [], 0
 
@@ -200,13 +201,13 @@ class DatasetWriter:
                 rel = f"index/{col}.npy"
                 index_files[col] = {"path": rel, "shape": list(arr.shape), "dtype": INDEX_DTYPES[col],
                                     "sha256": _write_npy(self._tmp / rel, [arr], arr.shape, arr.dtype)}
-            _fsync_dir(self._tmp / "index")
+            fsync_dir(self._tmp / "index")
             raw = dumps(self._manifest(index_files))
             with open(self._tmp / MANIFEST_NAME, "xb") as f:
                 f.write(raw)
                 f.flush()
                 os.fsync(f.fileno())
-            _fsync_dir(self._tmp)
+            fsync_dir(self._tmp)
             self._move_into_place()
         except BaseException:
             self.abort()
@@ -258,11 +259,11 @@ class DatasetWriter:
             old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-{os.getpid()}-", dir=self.path.parent))
             os.replace(self.path, old)  # replaces the empty placeholder folder `old`
             os.replace(self._tmp, self.path)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(self._tmp, self.path)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
 
     def abort(self) -> None:
         """Discard everything written so far; ``path`` is left untouched."""
@@ -301,17 +302,6 @@ def _write_npy(path: Path, chunks: Sequence[np.ndarray], shape: tuple[int, ...],
         f.flush()
         os.fsync(f.fileno())
     return out.sha.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a folder's entries durable (POSIX; a no-op where folders cannot be opened)."""
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_stale(path: Path) -> None:
