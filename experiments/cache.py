@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from experiments.provenance import fingerprint, write_json
+from worlds.atomic import publish_dir
 from worlds.dataset.manifest import code_version
 from worlds.errors import OntolabError
 
@@ -71,9 +72,7 @@ def run_stage(cache: Path, stage: str, section: Any, inputs: dict[str, str],
         write_json({"stage": stage, "fingerprint": fp, "inputs": inputs, "section": section,
                     "seconds": seconds, "code": code_version(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")},
                    partial / MARKER)
-        if final.exists():  # an unfinished leftover (no marker): replace it
-            shutil.rmtree(final)
-        os.replace(partial, final)
+        publish_dir(partial, final)  # an unfinished leftover (no marker) is replaced
     except BaseException:
         if not resumable:
             shutil.rmtree(partial, ignore_errors=True)

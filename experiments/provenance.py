@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,9 @@ from typing import Any
 import yaml
 
 from experiments.config import to_dict
-from worlds.atomic import atomic_write_text
+from worlds.atomic import atomic_write_json, atomic_write_text, json_safe
+
+__all__ = ["fingerprint", "json_safe", "write_config", "write_json"]
 
 
 def fingerprint(obj: Any) -> str:
@@ -25,18 +26,6 @@ def write_config(cfg: Any, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def json_safe(obj: Any) -> Any:
-    """``obj`` with NaN/inf floats replaced by ``None`` (strict JSON has no NaN)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
 def write_json(obj: Any, path: str | Path) -> None:
     """``obj`` as indented strict JSON (NaN -> null), atomically."""
-    text = json.dumps(json_safe(to_dict(obj)), indent=2, sort_keys=False, default=str, allow_nan=False)
-    atomic_write_text(path, text + "\n")
+    atomic_write_json(path, to_dict(obj), sort_keys=False)

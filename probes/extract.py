@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
@@ -43,6 +42,7 @@ from tqdm.auto import tqdm
 from dynamics.base import DynamicsModel
 from dynamics.cache import collect_sites
 from probes.base import ProbeError
+from worlds.atomic import json_safe, publish_dir
 from worlds.concepts import ConceptSchema
 from worlds.dataset.reader import TrajectoryDataset
 
@@ -360,28 +360,6 @@ def temp_dir_for(out_dir: Path) -> Path:
 def write_json(path: Path, obj: Any) -> None:
     """Strict JSON (NaN -> null), fsynced; callers write into a folder that is published atomically."""
     with open(path, "w") as f:
-        json.dump(_json_safe(obj), f, indent=1, sort_keys=True, allow_nan=False)
+        json.dump(json_safe(obj), f, indent=1, sort_keys=True, allow_nan=False)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Move the finished folder ``tmp`` to ``final``; an old ``final`` is set aside first, then deleted."""
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -29,7 +29,8 @@ from torch import Tensor
 
 from dynamics.base import LatentState
 from probes.base import Probe, ProbeError
-from probes.extract import publish_dir, temp_dir_for, write_json
+from probes.extract import temp_dir_for, write_json
+from worlds.atomic import publish_dir
 from worlds.concepts import Concept
 
 FORMAT_VERSION = 1

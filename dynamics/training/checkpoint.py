@@ -39,7 +39,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from dynamics.base import ActionSpec, DynamicsModel, ObsSpec
-from worlds.atomic import fsync_dir
+from worlds.atomic import atomic_write_json as _atomic_write_json, fsync_dir
 from worlds.errors import OntolabError
 
 META_KEY = "ontolab"
@@ -77,7 +77,8 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_json(target: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(target, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Strict JSON (NaN/inf -> null), atomically (see :mod:`worlds.atomic`)."""
+    _atomic_write_json(target, obj)
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:

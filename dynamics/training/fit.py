@@ -39,6 +39,7 @@ from dynamics.training.checkpoint import (BEST_NAME, LAST_NAME, AtomicCheckpoint
 from dynamics.training.data import WindowDataModule, WindowSource
 from dynamics.training.guards import NonFiniteGuard
 from dynamics.training.module import DynamicsModule
+from worlds.atomic import json_safe
 from worlds.dataset.manifest import code_version
 from worlds.errors import OntolabError
 
@@ -221,17 +222,8 @@ def fit_dynamics(
         record = {k: str(v) if isinstance(v, Path) else v for k, v in record.items()}
         record["open_loop"] = {str(k): v for k, v in open_loop.items()}
         record["val_metrics"] = metrics
-        atomic_write_json(out / "metrics.json", _json_safe(record))
+        atomic_write_json(out / "metrics.json", json_safe(record))
     return result
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN / inf -> None (strict JSON), recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
 
 
 _SETTING_NAMES = frozenset({

@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from worlds.atomic import fsync_dir
+from worlds.atomic import fsync_dir, publish_dir
 from worlds.base import VectorWorld
 from worlds.concepts import ConceptSchema
 from worlds.dataset.manifest import (
@@ -255,15 +255,7 @@ class DatasetWriter:
 
     def _move_into_place(self) -> None:
         self._check_target()
-        if self.path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-{os.getpid()}-", dir=self.path.parent))
-            os.replace(self.path, old)  # replaces the empty placeholder folder `old`
-            os.replace(self._tmp, self.path)
-            fsync_dir(self.path.parent)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(self._tmp, self.path)
-            fsync_dir(self.path.parent)
+        publish_dir(self._tmp, self.path)
 
     def abort(self) -> None:
         """Discard everything written so far; ``path`` is left untouched."""
