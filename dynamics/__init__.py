@@ -6,7 +6,7 @@ Models never see rewards, values or concept labels. Training (Lightning) lives i
 
 from dynamics.base import ActionSpec, DynamicsModel, LatentState, LossOutput, ObsSpec
 from dynamics.cache import SiteCache, collect_sites
-from dynamics.evaluate import OpenLoopReport, episode_windows, evaluate_open_loop
+from dynamics.evaluate import OpenLoopReport, episode_windows, evaluate_open_loop, seen_cells
 from dynamics.gru import GRUConfig, GRUModel
 from dynamics.registry import build_model, model_config, model_names
 from dynamics.rssm import RSSM, RSSMConfig
@@ -33,4 +33,5 @@ __all__ = [
     "evaluate_open_loop",
     "model_config",
     "model_names",
+    "seen_cells",
 ]

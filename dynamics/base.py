@@ -7,8 +7,9 @@ plain module and never import Lightning.
 
 Subclasses implement (shapes: ``b`` batch, ``t`` time, ``h`` horizon)
     ``initial(batch_size) -> LatentState``                    the state before any observation ``[b ...]``
-    ``observe(obs[b t *obs], actions[b t *act], is_first[b t], *, sample=False) -> LatentState``
-                                                              filter a real sequence (posterior), ``[b t ...]``
+    ``observe(obs[b t *obs], actions[b t *act], is_first[b t], *, sample=False, start=None) -> LatentState``
+                                                              filter a real sequence (posterior), ``[b t ...]``,
+                                                              from ``initial`` or from the posterior ``start[b ...]``
     ``imagine(state[b ...], actions[b h *act], *, sample=False) -> LatentState`` roll forward with no observations (prior),
                                                               ``[b h ...]``; step ``i`` applies ``actions[:, i]``
     ``decode(state) -> predicted observation``                 reconstruction (models without a decoder raise)
@@ -144,10 +145,15 @@ class DynamicsModel(nn.Module, ABC):
         """The state before any observation: every site ``[b *feature]``."""
 
     @abstractmethod
-    def observe(self, obs: Tensor, actions: Tensor, is_first: Tensor, *, sample: bool = False) -> LatentState:
+    def observe(self, obs: Tensor, actions: Tensor, is_first: Tensor, *, sample: bool = False,
+                start: LatentState | None = None) -> LatentState:
         """Filter a real sequence into one posterior latent per step: every site ``[b t *feature]``.
 
         ``sample=False`` (the default) takes the mode/mean of any stochastic part, so repeated calls agree.
+        ``start`` (``[b ...]``, e.g. ``observe(...).at((slice(None), -1))`` of the steps before) continues
+        filtering from that posterior instead of ``initial``: ``actions[:, 0]`` then leads from ``start``
+        into step 0 (unless ``is_first[:, 0]``, which resets as always). Filtering ``t`` steps one call at
+        a time this way gives the same states as one call over all ``t`` (O(1) work per new step).
         """
 
     @abstractmethod

@@ -12,6 +12,12 @@ components) that *changed* since the last observed frame -- there copying is alw
 where a model shows that it learned dynamics. For symbolic observations, ``model_unseen`` is the
 accuracy on cells whose true value never appeared at that position in any context frame.
 
+Egocentric views: when ``positions[b T 2]`` (the world cell at the centre of each unrotated view, e.g. the
+agent's row and column) is given, every cell of a symbolic ``[c h w]`` view has a world position, and a
+predicted cell is *seen* when that world position lay inside the view of at least one observed (context)
+frame of the window. Cells never seen cannot be predicted from the observations, only guessed from priors
+over layouts, so ``model_seen`` (and ``copy_seen``, ``model_seen_changed``) report the seen cells apart.
+
 Estimates pool cells over windows; their 95% intervals come from a percentile bootstrap over windows.
 """
 
@@ -48,33 +54,62 @@ class OpenLoopReport:
     changed_fraction: Mapping[int, float]
     model_unseen: Mapping[int, Estimate] = field(default_factory=dict)
     """Symbolic only: cells whose true value appeared at that position in no context frame."""
+    model_seen: Mapping[int, Estimate] = field(default_factory=dict)
+    """Symbolic with ``positions`` only: cells whose world position lay inside some context frame's view."""
+    copy_seen: Mapping[int, Estimate] = field(default_factory=dict)
+    """The copy baseline on the seen cells."""
+    model_seen_changed: Mapping[int, Estimate] = field(default_factory=dict)
+    """The model on seen cells that differ from the last observed frame."""
+    seen_fraction: Mapping[int, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         """A small table, one row per horizon."""
         rows = [f"{self.metric} (context {self.context}, {self.num_windows} windows)",
-                "k   model    copy     model_changed copy_changed changed_frac model_unseen"]
+                "k   model    copy     model_changed copy_changed changed_frac model_unseen "
+                "model_seen copy_seen seen_changed seen_frac"]
+
+        def fmt(d: Mapping, k: int) -> str:
+            v = d.get(k)
+            return "-" if v is None else f"{v if isinstance(v, float) else v.estimate:.4f}"
+
         for k in self.horizons:
-            unseen = f"{self.model_unseen[k].estimate:.4f}" if k in self.model_unseen else "-"
             rows.append(f"{k:<3d} {self.model[k].estimate:.4f}   {self.copy[k].estimate:.4f}   "
                         f"{self.model_changed[k].estimate:.4f}        {self.copy_changed[k].estimate:.4f}       "
-                        f"{self.changed_fraction[k]:.4f}       {unseen}")
+                        f"{self.changed_fraction[k]:.4f}       {fmt(self.model_unseen, k):<12} "
+                        f"{fmt(self.model_seen, k):<10} {fmt(self.copy_seen, k):<9} "
+                        f"{fmt(self.model_seen_changed, k):<12} {fmt(self.seen_fraction, k)}")
         return "\n".join(rows)
 
 
-def episode_windows(episodes: Sequence[Episode], length: int, stride: int | None = None) -> dict[str, Tensor]:
+def episode_windows(episodes: Sequence[Episode], length: int, stride: int | None = None,
+                    position_concepts: tuple[str, str] | None = None) -> dict[str, Tensor]:
     """Cut every episode into windows of ``length`` steps that start at ``0, stride, 2 stride, ...`` and fit
     inside the episode (shorter episodes give none). Returns ``{"obs": [n length *obs], "actions":
     [n length ...], "is_first": [n length], "episode": [n]}``; ``is_first`` is true only at a window
-    starting at step 0; ``episode`` indexes ``episodes`` (pass it as ``groups`` to :func:`evaluate_open_loop`)."""
+    starting at step 0; ``episode`` indexes ``episodes`` (pass it as ``groups`` to :func:`evaluate_open_loop`).
+    ``position_concepts`` (e.g. ``("agent_row", "agent_col")``) adds ``"positions": int64[n length 2]`` from
+    those concepts: the world cell at the centre of each egocentric view (``positions=`` of the evaluation)."""
     stride = stride or length
+    if position_concepts is not None and len(position_concepts) != 2:
+        raise ValueError(f"position_concepts must name two concepts (row, column), got {position_concepts!r}")
     if length < 1 or stride < 1:
         raise ValueError(f"length and stride must be positive, got length={length}, stride={stride}")
     cut = {"obs": [], "actions": [], "is_first": []}
+    if position_concepts is not None:
+        cut["positions"] = []
     episode = []
     for i, ep in enumerate(episodes):
+        if position_concepts is not None:
+            missing = [c for c in position_concepts if c not in ep.concepts]
+            if missing:
+                raise ValueError(f"episode {i} has no concept {missing[0]!r} (it has: {', '.join(ep.concepts) or 'none'}); "
+                                 "pass position_concepts=None or the names of the view centre's row and column")
+            pos = np.stack([np.rint(ep.concepts[c]).astype(np.int64) for c in position_concepts], -1)  # [t 2]
         for start in range(0, len(ep) - length + 1, stride):
-            for k in cut:
+            for k in ("obs", "actions", "is_first"):
                 cut[k].append(getattr(ep, k)[start:start + length])
+            if position_concepts is not None:
+                cut["positions"].append(pos[start:start + length])
             episode.append(i)
     if not cut["obs"]:
         raise ValueError(f"no episode has {length} steps (longest: {max((len(e) for e in episodes), default=0)}); "
@@ -105,11 +140,12 @@ def _estimate(num: np.ndarray, den: np.ndarray, rng: np.random.Generator, resamp
 def evaluate_open_loop(model: DynamicsModel, obs: Tensor, actions: Tensor, is_first: Tensor, context: int,
                        horizons: Sequence[int] = (1, 5, 15), *, decode: Callable[[LatentState], Tensor] | None = None,
                        sample: bool = False, batch_size: int = 256, seed: int = 0,
-                       groups: Tensor | np.ndarray | None = None) -> OpenLoopReport:
+                       groups: Tensor | np.ndarray | None = None, positions: Tensor | None = None) -> OpenLoopReport:
     """Open-loop prediction quality of ``model`` on windows ``obs[b T *obs]``, ``actions[b T ...]``,
     ``is_first[b T]`` (see the module docstring). ``decode`` replaces ``model.decode`` (e.g. a decoder
     fitted on frozen latents of a model without one); ``sample`` is passed to ``imagine``; ``groups[b]``
-    (e.g. ``episode_windows(...)["episode"]``) makes the intervals a bootstrap over episodes."""
+    (e.g. ``episode_windows(...)["episode"]``) makes the intervals a bootstrap over episodes; ``positions[b T 2]``
+    (symbolic views only: the world cell at the centre of each unrotated view) adds the seen-cell split."""
     horizons = tuple(sorted(set(int(k) for k in horizons)))
     if not horizons or horizons[0] < 1 or context < 1:
         raise ValueError(f"need context >= 1 and horizons >= 1, got context={context}, horizons={horizons}")
@@ -120,6 +156,12 @@ def evaluate_open_loop(model: DynamicsModel, obs: Tensor, actions: Tensor, is_fi
         raise ValueError("windows must lie inside one episode: is_first is set after step 0; cut them with episode_windows")
     decode = decode or model.decode
     spec = model.obs_spec
+    if positions is not None:
+        if spec.kind != "symbolic":
+            raise ValueError(f"positions (the seen-cell split) need symbolic [c h w] views, got obs kind {spec.kind!r}")
+        if tuple(positions.shape) != (*obs.shape[:2], 2):
+            raise ValueError(f"positions must have shape {(*obs.shape[:2], 2)} -- (row, col) per step, "
+                             f"got {tuple(positions.shape)}")
     device = next(model.parameters()).device
     was_training = model.training
     model.train(False)  # eval mode
@@ -133,7 +175,12 @@ def evaluate_open_loop(model: DynamicsModel, obs: Tensor, actions: Tensor, is_fi
             imagined = model.imagine(post.at((slice(None), -1)), a[:, context:context + h], **kw)
             pred = decode(imagined)[:, [k - 1 for k in horizons]]  # [b K *obs]
             truth = o[:, [context - 1 + k for k in horizons]]
-            for key, value in _batch_stats(pred, truth, o[:, :context], spec.kind).items():
+            batch = _batch_stats(pred, truth, o[:, :context], spec.kind)
+            if positions is not None:
+                p = positions[sl].long()
+                seen = seen_cells(p[:, :context], p[:, [context - 1 + k for k in horizons]], spec.shape[1:])
+                batch.update(_seen_stats(pred, truth, o[:, context - 1], seen.to(device)))
+            for key, value in batch.items():
                 stats.setdefault(key, []).append(value)
     finally:
         model.train(was_training)
@@ -153,7 +200,26 @@ def evaluate_open_loop(model: DynamicsModel, obs: Tensor, actions: Tensor, is_fi
         model_changed=per_k("model_changed", "changed"), copy_changed=per_k("copy_changed", "changed"),
         changed_fraction={k: float(s["changed"][:, i].sum() / max(s["cells"][:, i].sum(), 1)) for k, i in col.items()},
         model_unseen=per_k("model_unseen", "unseen") if spec.kind == "symbolic" else {},
+        **({} if positions is None else dict(
+            model_seen=per_k("model_seen", "seen"), copy_seen=per_k("copy_seen", "seen"),
+            model_seen_changed=per_k("model_seen_changed", "seen_changed"),
+            seen_fraction={k: float(s["seen"][:, i].sum() / max(s["cells"][:, i].sum(), 1)) for k, i in col.items()})),
     )
+
+
+def seen_cells(context_pos: Tensor, target_pos: Tensor, view: Sequence[int]) -> Tensor:
+    """``bool[b K h w]``: whether each cell of the views centred at ``target_pos[b K 2]`` lies inside some view
+    centred at ``context_pos[b c 2]`` (views are unrotated ``h x w`` windows, ``h`` and ``w`` odd)."""
+    h, w = int(view[0]), int(view[1])
+    if h % 2 == 0 or w % 2 == 0:
+        raise ValueError(f"seen cells need views of odd size centred on the position, got {h}x{w}")
+    dr = torch.arange(h, device=target_pos.device) - h // 2
+    dc = torch.arange(w, device=target_pos.device) - w // 2
+    row = target_pos[..., 0, None, None] + dr[:, None]  # [b K h 1]: world row of each cell
+    col = target_pos[..., 1, None, None] + dc[None, :]  # [b K 1 w]
+    r = (row[:, :, None] - context_pos[:, None, :, 0, None, None]).abs() <= h // 2  # [b K c h 1]
+    c = (col[:, :, None] - context_pos[:, None, :, 1, None, None]).abs() <= w // 2  # [b K c 1 w]
+    return (r & c).any(2)
 
 
 def _batch_stats(pred: Tensor, truth: Tensor, ctx: Tensor, kind: str) -> dict[str, np.ndarray]:
@@ -176,4 +242,15 @@ def _batch_stats(pred: Tensor, truth: Tensor, ctx: Tensor, kind: str) -> dict[st
         changed = (truth != last).float()
         out = {"model": err, "copy": copy_err, "model_changed": err * changed, "copy_changed": copy_err * changed,
                "changed": changed, "cells": torch.ones_like(err)}
+    return {k: v.flatten(2).sum(2).double().cpu().numpy() for k, v in out.items()}
+
+
+def _seen_stats(pred: Tensor, truth: Tensor, last: Tensor, seen: Tensor) -> dict[str, np.ndarray]:
+    """Per-window sums ``[b K]`` on the seen cells ``seen[b K h w]`` of symbolic views (see :func:`seen_cells`);
+    ``last[b *obs]`` is the last observed frame."""
+    p, y, prev = pred.argmax(2), truth.argmax(2), last.argmax(1)[:, None]  # [b K h w], [b 1 h w]
+    hit, copy_hit, m = (p == y).float(), (prev == y).float(), seen.float()
+    changed = (y != prev).float()
+    out = {"model_seen": hit * m, "copy_seen": copy_hit * m, "model_seen_changed": hit * m * changed,
+           "seen": m, "seen_changed": m * changed}
     return {k: v.flatten(2).sum(2).double().cpu().numpy() for k, v in out.items()}

@@ -103,9 +103,11 @@ class RecurrentLatentModel(DynamicsModel):
         deter = self.core.inp.weight.new_zeros(batch_size, self.config.deter)
         return LatentState({"deter": deter, "feat": deter})
 
-    def observe(self, obs: Tensor, actions: Tensor, is_first: Tensor, *, sample: bool = False) -> LatentState:
-        """States ``[b t ...]`` after every observation (``sample`` is accepted for a common signature)."""
-        return self._filter(obs, actions, is_first, torch.ones_like(is_first, dtype=torch.bool))
+    def observe(self, obs: Tensor, actions: Tensor, is_first: Tensor, *, sample: bool = False,
+                start: LatentState | None = None) -> LatentState:
+        """States ``[b t ...]`` after every observation (``sample`` is accepted for a common signature);
+        ``start[b ...]`` (optional): continue from that state instead of ``initial``."""
+        return self._filter(obs, actions, is_first, torch.ones_like(is_first, dtype=torch.bool), start)
 
     def imagine(self, state: LatentState, actions: Tensor, *, sample: bool = False) -> LatentState:
         """Roll ``state[b ...]`` with blank observations over ``actions[b h ...]``: ``[b h ...]``."""
@@ -117,13 +119,15 @@ class RecurrentLatentModel(DynamicsModel):
             deter = self.core(None, act.new_zeros(b, h), act, state["deter"])
         return LatentState({"deter": deter, "feat": deter})
 
-    def _filter(self, obs: Tensor, actions: Tensor, is_first: Tensor, mask: Tensor) -> LatentState:
+    def _filter(self, obs: Tensor, actions: Tensor, is_first: Tensor, mask: Tensor,
+                start: LatentState | None = None) -> LatentState:
         check_sequence(obs, actions, is_first, self.obs_spec, self.action_spec)
         b = obs.shape[0]
         keep = (~is_first.bool()).float().unsqueeze(-1)
         embed = rearrange(self.encoder(flatten_bt(obs)), "(b t) e -> b t e", b=b)
         act = embed_actions(actions, self.action_spec) * keep
-        deter = self.core(embed, mask, act, self.initial(b)["deter"], is_first)
+        h0 = self.initial(b)["deter"] if start is None else start["deter"]
+        deter = self.core(embed, mask, act, h0, is_first)
         return LatentState({"embed": embed, "deter": deter, "feat": deter})
 
 

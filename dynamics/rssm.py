@@ -84,6 +84,10 @@ class RSSMConfig:
     accuracy at an equal number of steps (0.899 vs 0.906 after 1000 steps)."""
     overshoot_weight: float = 1.0
     """Weight of the overshooting reconstruction loss (mean over rolled-out frames)."""
+    gauss: int = 0
+    """Extra diagonal-Gaussian dims appended to a discrete ``stoch`` (0: none; discrete only)."""
+    dyn_grad: float = 1.0
+    """Scale of the ``kl_dyn`` gradient that flows into ``deter`` through the prior head (1: plain)."""
 
     def __post_init__(self) -> None:
         for name in ("deter", "stoch", "classes", "hidden", "embed", "conv_depth"):
@@ -97,6 +101,8 @@ class RSSMConfig:
             raise ValueError(f"overshoot must be >= 0 steps, got {self.overshoot!r}")
         if self.overshoot_weight < 0:
             raise ValueError(f"overshoot_weight must be >= 0, got {self.overshoot_weight!r}")
+        if self.gauss < 0 or (self.gauss and self.stoch_kind != "discrete"):
+            raise ValueError(f"gauss must be >= 0 and needs stoch_kind='discrete', got {self.gauss!r}")
         if not 0.0 <= self.unimix < 1.0:
             raise ValueError(f"unimix must lie in [0, 1), got {self.unimix!r}")
 
@@ -111,8 +117,9 @@ class RSSM(DynamicsModel):
         self.obs_spec, self.action_spec, self.config = obs_spec, action_spec, config
         c = config
         self.discrete = c.stoch_kind == "discrete"
-        self.stoch_dim = c.stoch * c.classes if self.discrete else c.stoch
-        stats = self.stoch_dim if self.discrete else 2 * c.stoch
+        self.n_cat = c.stoch * c.classes if self.discrete else 0  # one-hot part of ``stoch``
+        self.stoch_dim = self.n_cat + c.gauss if self.discrete else c.stoch
+        stats = self.n_cat + 2 * c.gauss if self.discrete else 2 * c.stoch
         self.encoder = ObsEncoder(obs_spec, c.embed, c.hidden, c.encoder, c.conv_depth, c.symlog)
         self.decoder = ObsDecoder(obs_spec, c.deter + self.stoch_dim, c.hidden, c.encoder, c.conv_depth)
         # The GRU input and posterior layers read concatenations; they are split into one Linear per
@@ -144,9 +151,11 @@ class RSSM(DynamicsModel):
         stoch = p.new_zeros(batch_size, self.stoch_dim)
         return LatentState({"deter": deter, "stoch": stoch, "feat": torch.cat([deter, stoch], -1)})
 
-    def observe(self, obs: Tensor, actions: Tensor, is_first: Tensor, *, sample: bool = False) -> LatentState:
-        """Posterior states ``[b t ...]``; ``sample=False`` takes the posterior mode (deterministic)."""
-        return self._filter(obs, actions, is_first, sample)[0]
+    def observe(self, obs: Tensor, actions: Tensor, is_first: Tensor, *, sample: bool = False,
+                start: LatentState | None = None) -> LatentState:
+        """Posterior states ``[b t ...]``; ``sample=False`` takes the posterior mode (deterministic).
+        ``start[b ...]`` (optional): continue from that posterior instead of ``initial``."""
+        return self._filter(obs, actions, is_first, sample, start)[0]
 
     def imagine(self, state: LatentState, actions: Tensor, *, sample: bool = False) -> LatentState:
         """Prior rollout ``[b h ...]``; ``sample=False`` takes the prior mode/mean at every step."""
@@ -175,7 +184,10 @@ class RSSM(DynamicsModel):
     def loss(self, obs: Tensor, actions: Tensor, is_first: Tensor) -> LossOutput:
         c = self.config
         state, post = self._filter(obs, actions, is_first, sample=True)
-        prior = self.prior(state["deter"])
+        deter = state["deter"]
+        if c.dyn_grad != 1.0:  # same value, gradient into deter scaled by dyn_grad
+            deter = deter.detach() + c.dyn_grad * (deter - deter.detach())
+        prior = self.prior(deter)
         recon = recon_loss(self.decoder(flatten_bt(state["feat"])), flatten_bt(obs), self.obs_spec, c.symlog).mean()
         dyn = self._kl(post.detach(), prior)
         rep = self._kl(post, prior.detach())
@@ -213,15 +225,17 @@ class RSSM(DynamicsModel):
         valid = (resets[:, steps] == resets[:, starts, None]).flatten().to(per.dtype)
         return (per * valid).sum() / valid.sum().clamp(min=1.0)
 
-    def _filter(self, obs: Tensor, actions: Tensor, is_first: Tensor, sample: bool) -> tuple[LatentState, Tensor]:
-        """Posterior states ``[b t ...]`` and posterior statistics ``[b t stats]``."""
+    def _filter(self, obs: Tensor, actions: Tensor, is_first: Tensor, sample: bool,
+                start: LatentState | None = None) -> tuple[LatentState, Tensor]:
+        """Posterior states ``[b t ...]`` and posterior statistics ``[b t stats]``, from ``start[b ...]``
+        (default: ``initial``)."""
         check_sequence(obs, actions, is_first, self.obs_spec, self.action_spec)
         b, t = is_first.shape
         keep = (~is_first.bool()).float().unsqueeze(-1)  # [b t 1]: 0 where the state resets
         embed = rearrange(self.encoder(flatten_bt(obs)), "(b t) e -> b t e", b=b)
         act = self.img_action(embed_actions(actions, self.action_spec) * keep)  # no action into a first step
         emb = self.post_embed(embed)
-        init = self.initial(b)
+        init = self.initial(b) if start is None else start
         deter, stoch = init["deter"], init["stoch"]
         out_d, out_s, out_p = [], [], []
         for i in range(t):
@@ -237,7 +251,7 @@ class RSSM(DynamicsModel):
 
     def _probs(self, stats: Tensor) -> Tensor:
         """Categorical probabilities ``[... g k]`` with uniform mixing, from logits ``[... (g k)]``."""
-        probs = rearrange(stats, "... (g k) -> ... g k", k=self.config.classes).softmax(-1)
+        probs = rearrange(stats[..., : self.n_cat], "... (g k) -> ... g k", k=self.config.classes).softmax(-1)
         u = self.config.unimix
         return probs * (1 - u) + u / self.config.classes if u else probs
 
@@ -250,13 +264,24 @@ class RSSM(DynamicsModel):
         if not self.discrete:
             mean, std = self._gaussian(stats)
             return mean + std * torch.randn_like(std) if sample else mean
-        return rearrange(straight_through(self._probs(stats), sample), "... g k -> ... (g k)")
+        onehot = rearrange(straight_through(self._probs(stats), sample), "... g k -> ... (g k)")
+        if not self.config.gauss:
+            return onehot
+        mean, std = self._gaussian(stats[..., self.n_cat:])
+        return torch.cat([onehot, mean + std * torch.randn_like(std) if sample else mean], -1)
 
     def _kl(self, post: Tensor, prior: Tensor) -> Tensor:
         """KL(post || prior) summed over the latent dims: ``[...]``."""
         if self.discrete:
             p, q = self._probs(post), self._probs(prior)
-            return (p * (p.log() - q.log())).sum((-2, -1))
+            kl = (p * (p.log() - q.log())).sum((-2, -1))
+            if not self.config.gauss:
+                return kl
+            return kl + self._gauss_kl(post[..., self.n_cat:], prior[..., self.n_cat:])
+        return self._gauss_kl(post, prior)
+
+    def _gauss_kl(self, post: Tensor, prior: Tensor) -> Tensor:
+        """KL between diagonal Gaussians given as statistics ``[... 2d]``, summed: ``[...]``."""
         (m1, s1), (m2, s2) = self._gaussian(post), self._gaussian(prior)
         return (torch.log(s2 / s1) + (s1.square() + (m1 - m2).square()) / (2 * s2.square()) - 0.5).sum(-1)
 

@@ -3,8 +3,13 @@
     ontolab worlds                                   list worlds, their concepts and parameters
     ontolab collect [CONFIG] [key=value ...]         collect a trajectory dataset
     ontolab train [CONFIG] [key=value ...]           train a dynamics model on a dataset
+    ontolab probe [CONFIG] data=PATH checkpoint=PATH out=PATH   fit and score probes (the probe stage alone)
+    ontolab plan [CONFIG] run=RUN_DIR                 plan in the real world (the planning stage alone)
+    ontolab verify [CONFIG] run=RUN_DIR               model-check the planner with Storm (the verify stage alone)
     ontolab run [CONFIG] [key=value ...]             the whole pipeline into one run folder
     ontolab quickstart [key=value ...]               ``run`` with the default config
+    ontolab sweep [CONFIG] seeds=[0,1] key=[a,b] ... a grid of runs, aggregated over seeds
+    ontolab compare RUN_DIR [RUN_DIR ...] [out=DIR]  compare finished runs (leaderboards, plots)
 
 A problem with the user's input (an :class:`~worlds.errors.OntolabError`) is printed as one line
 and the command exits with code 2, without a traceback and before any output is touched. Set
@@ -114,12 +119,43 @@ def cmd_quickstart(args: list[str]) -> int:
     return cmd_run(args, default_config="quickstart")
 
 
+def _stage_command(module: str, name: str):
+    """``cmd_<stage>`` of ``experiments.stages.<stage>``, imported only when the command runs (fast ``--help``)."""
+    def run(args: list[str]) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(args)
+    run.__name__ = name
+    return run
+
+
+def cmd_sweep(args: list[str]) -> int:
+    from experiments.sweep import cmd_sweep as sweep
+
+    return sweep(args)
+
+
+def cmd_compare(args: list[str]) -> int:
+    from experiments.compare import cmd_compare as compare
+
+    return compare(args)
+
+
 COMMANDS = {
     "worlds": (cmd_worlds, "list worlds, their concepts and parameters"),
     "collect": (cmd_collect, "collect a trajectory dataset: ontolab collect world=lavakeydoor episodes=2000 out=PATH"),
     "train": (cmd_train, "train a dynamics model: ontolab train dynamics=rssm data=PATH out=PATH"),
+    "probe": (_stage_command("experiments.stages.probe", "cmd_probe"),
+              "fit and compare probes on a dataset + trained model: ontolab probe data=PATH checkpoint=PATH out=PATH"),
+    "plan": (_stage_command("experiments.stages.plan", "cmd_plan"),
+             "plan in the real world: ontolab plan run=RUN_DIR, or checkpoint=PATH ontology=PATH out=PATH"),
+    "verify": (_stage_command("experiments.stages.verify", "cmd_verify"),
+               "model-check the learned model + probes with Storm: ontolab verify run=RUN_DIR"),
     "run": (cmd_run, "the whole pipeline into one run folder: ontolab run [CONFIG] [key=value ...]"),
     "quickstart": (cmd_quickstart, "`run` with the default config at a ~5 minute budget"),
+    "sweep": (cmd_sweep, "a grid of runs aggregated over seeds: ontolab sweep [CONFIG] seeds=[0,1,2] dynamics.lr=[0.001,0.003] "
+                         "(a list given to a key that takes a list is its value: sweep it as key=[[a],[b]])"),
+    "compare": (cmd_compare, "compare finished runs: ontolab compare RUN_DIR [RUN_DIR ...] [out=DIR]"),
 }
 
 

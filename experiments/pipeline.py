@@ -1,16 +1,20 @@
 """``ontolab run``: collect -> train -> (later stages) -> report, into one run folder.
 
 The run folder holds ``config.yaml`` (resolved), one entry per stage (a link to the stage's cached
-output, see :mod:`experiments.cache`), ``summary.json`` and ``report.md``. Stages are cached under a
-fingerprint of their config section and of the fingerprints of what they consume, so a rerun skips
-finished stages, another probe method reuses the dataset and the model, and a changed world setting
-redoes everything downstream.
+output, see :mod:`experiments.cache`), ``summary.json``, ``report.md`` with its ``plots/``, and
+``tracking.json`` beside the run's wandb files in ``wandb/`` (see :mod:`experiments.tracking`).
+Stages are cached under a fingerprint of their config section and of the fingerprints of what they
+consume, so a rerun skips finished stages, another probe method reuses the dataset and the model,
+and a changed world setting redoes everything downstream.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +30,7 @@ from experiments.schema import RunConfig
 
 
 # Bump a stage's version when what it writes changes: its cached outputs are then redone.
-STAGE_VERSIONS = {"data": 1, "dynamics": 2, "probes": 1, "planning": 1}
+STAGE_VERSIONS = {"data": 1, "dynamics": 3, "probes": 1, "planning": 1, "verify": 1}
 
 
 @dataclass(frozen=True)
@@ -79,56 +83,129 @@ def _link(run_dir: Path, name: str, target: Path) -> None:
 
 
 def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> RunResult:
-    """Run every stage of ``cfg`` into ``cfg.out``; finished stages are reused."""
-    from experiments.report import write_report
+    """Run every stage of ``cfg`` into ``cfg.out``; finished stages are reused.
+
+    Each stage is one ``stage(name, section, inputs, build)`` call below: its cache key is its config
+    section (plus seed and :data:`STAGE_VERSIONS` entry) and the fingerprints of the stages it reads.
+    A new stage is one more call (and a version entry); :func:`finish_run` then writes the summary,
+    the report with its plots, and the wandb run.
+    """
     from experiments.stages.collect import run_collect
     from experiments.stages.plan import run_plan
     from experiments.stages.probe import run_probe
-    from experiments.stages.train import run_train
+    from experiments.stages.verify import run_verify
 
     out = check_run_folder(cfg)
+    given_data = None
+    if cfg.data.path:  # a damaged or missing dataset is refused before the run folder is touched
+        from worlds.dataset import TrajectoryDataset
+
+        given_data = TrajectoryDataset.open(cfg.data.path)
     cache = cache_dir(cfg)
     stages: dict[str, StageResult] = {}
+    notes: dict[str, Any] = {}  # what a stage tells the end of the run (e.g. that wandb is unreachable)
+
+    def stage(name: str, section: dict[str, Any], inputs: dict[str, str], build, **kwargs: Any) -> StageResult:
+        """Run (or reuse) stage ``name`` and link it into the run folder."""
+        section = {**section, "seed": cfg.seed, "version": STAGE_VERSIONS[name]}
+        stages[name] = run_stage(cache, name, section, inputs, build, **kwargs)
+        _link(out, name, stages[name].path)
+        return stages[name]
+
     with run_lock(out):
         write_config(cfg, out / "config.yaml")
         t0 = time.perf_counter()
-        data_section = {"world": to_dict(cfg.world), "data": to_dict(cfg.data), "seed": cfg.seed,
-                        "version": STAGE_VERSIONS["data"]}
-        if cfg.data.path:
-            from worlds.dataset import TrajectoryDataset
-
-            ds = TrajectoryDataset.open(cfg.data.path)
-            stages["data"] = StageResult("data", Path(cfg.data.path), ds.fingerprint[:16], True, 0.0)
+        if given_data is not None:
+            stages["data"] = StageResult("data", Path(cfg.data.path), given_data.fingerprint[:16], True, 0.0)
+            _link(out, "data", stages["data"].path)
+            data_path = Path(cfg.data.path)
         else:
-            stages["data"] = run_stage(cache, "data", data_section, {},
-                                       lambda tmp: run_collect(cfg, tmp / "dataset", progress=progress))
-        _link(out, "data", stages["data"].path)
-        data_path = stages["data"].path if cfg.data.path else stages["data"].path / "dataset"
+            stage("data", {"world": to_dict(cfg.world), "data": to_dict(cfg.data)}, {},
+                  lambda tmp: run_collect(cfg, tmp / "dataset", progress=progress))
+            data_path = stages["data"].path / "dataset"
 
         dyn_section = {k: v for k, v in to_dict(cfg.dynamics).items() if k not in ("resume",)}
-        stages["dynamics"] = run_stage(cache, "dynamics", {"dynamics": dyn_section, "seed": cfg.seed, "version": STAGE_VERSIONS["dynamics"]},
-                                       {"data": stages["data"].fingerprint},
-                                       lambda tmp: run_train(cfg, data_path, tmp, progress=progress),
-                                       resumable=True, resume=cfg.dynamics.resume)
-        _link(out, "dynamics", stages["dynamics"].path)
+        stage("dynamics", {"dynamics": dyn_section}, {"data": stages["data"].fingerprint},
+              lambda tmp: train_with_fallback(cfg, data_path, tmp, progress, notes),
+              resumable=True, resume=cfg.dynamics.resume)
+        stage("probes", {"probes": to_dict(cfg.probes)},
+              {"data": stages["data"].fingerprint, "dynamics": stages["dynamics"].fingerprint},
+              lambda tmp: run_probe(cfg, data_path, stages["dynamics"].path, tmp, progress=progress))
+        stage("planning", {"world": to_dict(cfg.world), "plan": to_dict(cfg.plan)},
+              {"dynamics": stages["dynamics"].fingerprint, "probes": stages["probes"].fingerprint},
+              lambda tmp: run_plan(cfg, stages["dynamics"].path, stages["probes"].path, tmp, progress=progress))
+        # verify reads the planner's settings (its policy is the planner), so plan is in its key
+        stage("verify", {"world": to_dict(cfg.world), "verify": to_dict(cfg.verify), "plan": to_dict(cfg.plan)},
+              {"data": stages["data"].fingerprint, "dynamics": stages["dynamics"].fingerprint,
+               "probes": stages["probes"].fingerprint},
+              lambda tmp: run_verify(cfg, data_path, stages["dynamics"].path, stages["probes"].path, tmp,
+                                     progress=progress))
 
-        stages["probes"] = run_stage(cache, "probes", {"probes": to_dict(cfg.probes), "seed": cfg.seed,
-                                                       "version": STAGE_VERSIONS["probes"]},
-                                     {"data": stages["data"].fingerprint, "dynamics": stages["dynamics"].fingerprint},
-                                     lambda tmp: run_probe(cfg, data_path, stages["dynamics"].path, tmp, progress=progress))
-        _link(out, "probes", stages["probes"].path)
-
-        stages["planning"] = run_stage(cache, "planning", {"world": to_dict(cfg.world), "plan": to_dict(cfg.plan),
-                                                           "seed": cfg.seed, "version": STAGE_VERSIONS["planning"]},
-                                       {"dynamics": stages["dynamics"].fingerprint, "probes": stages["probes"].fingerprint},
-                                       lambda tmp: run_plan(cfg, stages["dynamics"].path, stages["probes"].path, tmp,
-                                                            progress=progress))
-        _link(out, "planning", stages["planning"].path)
-
-        summary = build_summary(cfg, data_path, stages, time.perf_counter() - t0)
-        write_json(summary, out / "summary.json")
-        write_report(cfg, summary, out)
+        summary = finish_run(cfg, out, data_path, stages, time.perf_counter() - t0,
+                             offline_reason=notes.get("wandb_offline_reason"))
     return RunResult(out, stages, summary)
+
+
+def train_with_fallback(cfg: RunConfig, data_path: Path, tmp: Path, progress: bool, notes: dict[str, Any]) -> Any:
+    """The train stage; with ``wandb.mode=online`` and wandb unreachable, trained again with offline logging.
+
+    The training logger fails when training starts (after ``init_timeout``), before any step, so the
+    stage's folder is emptied and training starts over with an offline logger; the reason goes to
+    ``notes["wandb_offline_reason"]`` so that the run's own wandb run goes offline without waiting again.
+    """
+    from experiments.stages.train import run_train
+
+    try:
+        return run_train(cfg, data_path, tmp, progress=progress)
+    except Exception as e:  # noqa: BLE001 -- re-raised below unless it is wandb failing to go online
+        if cfg.wandb.mode != "online" or not _is_wandb_error(e):
+            raise
+        reason = " ".join(str(e).split())[:300]
+    print(f"ontolab: warning: wandb online logging failed ({reason[:160]}); logging offline instead "
+          "(`wandb sync` the run's wandb folders later)", file=sys.stderr)
+    notes["wandb_offline_reason"] = reason
+    for child in tmp.iterdir():  # the stage's own partial folder: start it over
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    offline = dataclasses.replace(cfg, wandb=dataclasses.replace(cfg.wandb, mode="offline"))
+    return run_train(offline, data_path, tmp, progress=progress)
+
+
+def _is_wandb_error(e: BaseException) -> bool:
+    import wandb
+
+    return isinstance(e, wandb.errors.Error)
+
+
+def finish_run(cfg: RunConfig, out: Path, data_path: Path, stages: dict[str, StageResult], seconds: float,
+               *, offline_reason: str | None = None) -> dict[str, Any]:
+    """``summary.json``, ``report.md`` with ``plots/``, then the wandb run; returns the summary.
+
+    Logging comes last and cannot lose the run: everything it logs is already in the run folder, and
+    a failure to log is a one-line warning (recorded in ``summary.json`` under ``wandb``).
+    """
+    from experiments.report import write_report
+
+    summary = build_summary(cfg, data_path, stages, seconds)
+    write_json(summary, out / "summary.json")
+    write_report(cfg, summary, out)
+    summary["wandb"] = log_run(cfg, summary, out, offline_reason=offline_reason)
+    write_json(summary, out / "summary.json")
+    return summary
+
+
+def log_run(cfg: RunConfig, summary: dict[str, Any], out: Path, *, offline_reason: str | None = None) -> dict[str, Any]:
+    """:func:`experiments.tracking.track_run`, with any failure turned into a warning and a record."""
+    from experiments.tracking import track_run
+
+    try:
+        return track_run(cfg, summary, out, offline_reason=offline_reason).to_dict()
+    except Exception as e:  # noqa: BLE001 -- deliberate: logging is optional, the run folder is the record
+        msg = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        print(f"ontolab: warning: wandb logging failed ({msg}); the run folder {out} holds every result", file=sys.stderr)
+        return {"mode": cfg.wandb.mode, "error": msg}
 
 
 def planning_summary(stages: dict[str, StageResult]) -> dict[str, Any]:
@@ -137,7 +214,8 @@ def planning_summary(stages: dict[str, StageResult]) -> dict[str, Any]:
     if path is None or not path.is_file():
         return {"planning": [], "planning_details": {"skipped_stage": "the planning stage did not run"}}
     m = json.loads(path.read_text())
-    details = {k: m[k] for k in ("reward", "episodes", "shift", "quality_bar", "skipped", "skipped_stage") if k in m}
+    details = {k: m[k] for k in ("reward", "episodes", "shift", "quality_bar", "skipped", "skipped_stage",
+                                         "overoptimisation") if k in m}
     return {"planning": m.get("rows", []), "planning_details": details}
 
 
@@ -148,6 +226,13 @@ def _rate(v: dict[str, Any]) -> float:
     if v.get("kind") == "scalar":
         return float(v["mean"])
     return float(min((v.get("freq") or {0: 0.0}).values()))
+
+
+def verify_rows(stages: dict[str, StageResult]) -> list[dict[str, Any]]:
+    """``summary.json``'s ``verify`` rows (property, policy, probability, upper_bound, empirical, states)."""
+    from experiments.stages.verify import verify_summary
+
+    return verify_summary(stages["verify"].path) if "verify" in stages else []
 
 
 def build_summary(cfg: RunConfig, data_path: Path, stages: dict[str, StageResult], seconds: float) -> dict[str, Any]:
@@ -179,6 +264,7 @@ def build_summary(cfg: RunConfig, data_path: Path, stages: dict[str, StageResult
         "probes": [r.to_dict() for r in read_results_csv(stages["probes"].path / "results.csv")],
         "ontology": json.loads((stages["probes"].path / "harness.json").read_text())["ontology"],
         **planning_summary(stages),
+        "verify": verify_rows(stages),
         "timings": {name: round(s.seconds, 2) for name, s in stages.items()},
         "reused": {name: s.reused for name, s in stages.items()},
         "wall_seconds": round(seconds, 2),

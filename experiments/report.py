@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,12 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def render_report(cfg: Any, summary: dict[str, Any]) -> str:
-    """The report as markdown: config, data, dynamics quality (later stages append sections)."""
+def render_report(cfg: Any, summary: dict[str, Any], plots: dict[str, Any] | None = None, base: Path | None = None) -> str:
+    """The report as markdown: config, data, dynamics quality, probes, planning, plots, timings.
+
+    ``plots``: ``{name: PNG path or the reason it was skipped}`` (see :func:`experiments.plots.write_run_plots`),
+    embedded by links relative to ``base`` (the report's folder).
+    """
     parts = [f"# ontolab run: {summary['world']}, seed {summary['seed']}", ""]
     d = summary["data"]
     details = d.get("base_rate_details", d["base_rates"])
@@ -33,8 +38,7 @@ def render_report(cfg: Any, summary: dict[str, Any]) -> str:
               f"({dyn.get('transitions_per_s') or 0:,.0f} transitions/s), validation loss {dyn['val_loss']:.4g}.", ""]
     ol = dyn.get("open_loop") or {}
     if "model" in ol:
-        def ci(e):
-            return f"{e['estimate']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
+        ci = _ci
 
         parts += [f"Open-loop prediction on held-out ({ol['split']}) episodes: filter {ol['context']} real steps, then "
                   f"imagine k steps with the true actions and no observations ({ol['windows']} windows; per-cell "
@@ -42,10 +46,25 @@ def render_report(cfg: Any, summary: dict[str, Any]) -> str:
                   _table(["k", "model", "copy last frame", "model, changed cells", "copy, changed cells", "changed fraction"],
                          [[k, ci(ol["model"][k]), ci(ol["copy_last_frame"][k]), ci(ol["model_changed_cells"][k]),
                            ci(ol["copy_changed_cells"][k]), ol["changed_fraction"][k]] for k in ol["model"]]), ""]
+        if ol.get("model_seen_cells"):
+            parts += ["*Seen cells* were inside an earlier observed view of the window (a model can know them); "
+                      "never-seen cells can only be guessed and are reported apart.", "",
+                      _table(["k", "model, seen cells", "copy, seen cells", "model, seen and changed", "seen fraction",
+                              "model, never-seen cells"],
+                             [[k, ci(ol["model_seen_cells"][k]), ci(ol["copy_seen_cells"][k]),
+                               ci(ol["model_seen_changed_cells"][k]), f"{ol['seen_fraction'][k]:.3f}",
+                               ci(ol["model_unseen_cells"][k]) if k in (ol.get("model_unseen_cells") or {}) else "n/a"]
+                              for k in ol["model_seen_cells"]]), ""]
     elif ol:
         parts += [f"Open-loop prediction: {ol.get('skipped')}.", ""]
     parts += probe_section(summary)
     parts += planning_section(summary)
+    parts += overoptimisation_section(summary)
+    parts += verify_section(summary)
+    if plots:
+        from experiments.plots import markdown_plots
+
+        parts += markdown_plots(plots, base or Path("."))
     parts += ["## Timings", "", _table(["stage", "seconds", "reused"],
                                       [[k, v, summary.get("reused", {}).get(k)] for k, v in summary["timings"].items()]), ""]
     parts += ["## Config", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip(), "```", ""]
@@ -53,9 +72,23 @@ def render_report(cfg: Any, summary: dict[str, Any]) -> str:
 
 
 def write_report(cfg: Any, summary: dict[str, Any], out: Path) -> Path:
-    path = Path(out) / "report.md"
-    atomic_write_text(path, render_report(cfg, summary))
+    """``out/report.md`` with the plots written into ``out/plots/`` and embedded by relative links."""
+    out = Path(out)
+    path = out / "report.md"
+    atomic_write_text(path, render_report(cfg, summary, write_plots(summary, out / "plots"), out))
     return path
+
+
+def write_plots(summary: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """:func:`experiments.plots.write_run_plots`; a plot that fails is a reason in the report, not a lost run."""
+    from experiments.plots import PLOT_FILES, write_run_plots
+
+    try:
+        return write_run_plots(summary, folder)
+    except Exception as e:  # noqa: BLE001 -- deliberate: every number is in the report's tables already
+        msg = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        print(f"ontolab: warning: plotting failed ({msg}); the report has its tables without plots", file=sys.stderr)
+        return {name: f"plotting failed: {msg}" for name in PLOT_FILES}
 
 
 def print_summary(summary: dict[str, Any], out: Path) -> None:
@@ -203,3 +236,46 @@ def planning_section(summary: dict[str, Any]) -> list[str]:
     if skipped:
         parts += ["", *[f"- skipped {k}: {why}" for k, why in skipped.items()]]
     return parts + [""]
+
+
+def overoptimisation_section(summary: dict[str, Any]) -> list[str]:
+    """Proxy (imagined) vs true return as planning pressure grows (``planning/overoptimisation.json``)."""
+    doc = (summary.get("planning_details") or {}).get("overoptimisation")
+    if not doc:
+        return []
+    parts = ["## Over-optimisation", "The planner's expected return in imagination (proxy) and the true return its "
+             "plan gets in the real world, as optimisation pressure grows (best-of-n over random action sequences, "
+             "KL = log n - (n-1)/n from the action prior; CEM samples x iterations). A widening gap is the planner "
+             "exploiting model or probe error (cf. Gao et al. 2022). 95% bootstrap CIs over start states.", "",
+             "![over-optimisation](planning/overoptimisation.png)", ""]
+    for c in doc.get("curves") or []:
+        parts += [f"*{c['label']}* ({c['episodes']} start states, horizon {c['horizon']}, {c['execution']}):", "",
+                  _table(["optimiser", "sequences", "KL (nats)", "proxy return", "true return", "gap"],
+                         [[p["optimiser"], p["sequences"], "" if p.get("kl") is None else f"{p['kl']:.2f}",
+                           _ci(p["proxy_return"]), _ci(p["true_return"]), _ci(p["gap"])] for p in c["points"]]), ""]
+    return parts
+
+
+def verify_section(summary: dict[str, Any]) -> list[str]:
+    """Model-checked probabilities (Storm) vs the same events' frequency in the real world."""
+    rows = summary.get("verify") or []
+    if not rows:
+        return []
+
+    def num(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    def emp(r: dict[str, Any]) -> str:
+        ci = r.get("empirical_ci") or [None, None]
+        return "n/a" if r.get("empirical") is None else f"{r['empirical']:.3f} [{num(ci[0])}, {num(ci[1])}]"
+
+    parts = ["## Verification", "PCTL properties model-checked with Storm on the finite abstraction of the learned "
+             "model (abstract states = probed concept values), with robust bounds from Clopper-Pearson interval "
+             "models over the counted imagined transitions, beside the same event's frequency when the same policy "
+             "acts in the real world (95% CI). Where they disagree, the ontology + dynamics cannot be trusted for "
+             "that property. Details: `verify/metrics.json`.", "",
+             _table(["property", "policy", "checked", "bounds", "real world", "states", "agrees", "note"],
+                    [[f"`{r['property']}`", r["policy"], num(r.get("probability")),
+                      f"[{num(r.get('lower_bound'))}, {num(r.get('upper_bound'))}]", emp(r), r.get("states"),
+                      {True: "yes", False: "**no**"}.get(r.get("agrees"), "n/a"), r.get("note") or ""] for r in rows]), ""]
+    return parts

@@ -4,6 +4,7 @@ Planners (:func:`make_planner`: ``shooting``, ``cem``, ``icem``, ``mppi``, ``dis
 ``exhaustive``) take a :class:`~dynamics.base.DynamicsModel` and any :data:`RewardFn`; a compiled
 :class:`rewards.RewardSpec` becomes one with :func:`concept_reward`. :class:`Shield` vetoes risky
 first actions. :func:`oracle_model` puts a world's true simulator behind the model interface.
+:func:`overoptimisation_curve` measures imagined (proxy) vs real (true) return as planning pressure grows.
 """
 
 from planning.cem import CEM
@@ -13,6 +14,8 @@ from planning.discrete import DiscreteCEM, Exhaustive
 from planning.icem import ICEM, colored_noise
 from planning.mppi import MPPI
 from planning.oracle import LavaKeyDoorOracle, OracleModel, PointMassOracle, oracle_model
+from planning.overoptimisation import (OveroptimisationCurve, PressurePoint, best_of_n_kl, overoptimisation_curve,
+                                       save_curves)
 from planning.planner import PLANNER_NAMES, Optimised, PlanInfo, Planner, make_planner
 from planning.rollout import Scores, rank, score_sequences
 from planning.shield import Shield
@@ -34,11 +37,13 @@ __all__ = [
     "Optimised",
     "OracleModel",
     "OraclePolicy",
+    "OveroptimisationCurve",
     "PLANNER_NAMES",
     "PlanInfo",
     "Planner",
     "PointMassOracle",
     "PolicyStep",
+    "PressurePoint",
     "RandomPolicy",
     "RandomShooting",
     "RewardFn",
@@ -47,11 +52,14 @@ __all__ = [
     "StepRewards",
     "TrueStatePlannerPolicy",
     "Visited",
+    "best_of_n_kl",
     "colored_noise",
     "concept_reward",
     "make_planner",
     "oracle_model",
+    "overoptimisation_curve",
     "rank",
     "run_closed_loop",
+    "save_curves",
     "score_sequences",
 ]

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from planning.closed_loop import EpisodeLog
-from planning.verify.intervals import clopper_pearson
 from probes.metrics import R2, BalancedAccuracy
-from probes.stats import bootstrap
+from probes.stats import bootstrap, clopper_pearson
 from worlds.concepts import ConceptSchema
 from worlds.estimate import Estimate
 

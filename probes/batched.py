@@ -11,7 +11,9 @@ and never penalised. Objectives, per problem ``j`` (the scikit-learn match is in
 
 and ``+ l1_j ||w_j||_1`` for :func:`fista` (``Lasso(alpha=l1)``; ``LogisticRegression(penalty="l1",
 C = 1/(l1 n))``). We write these rather than call scikit-learn because scikit-learn fits one problem
-per call; torch's own ``LBFGS`` optimiser is also one problem per call (one line search for all).
+per call. The L2 problems (ridge, logistic, multinomial) are solved by :mod:`probes.lbfgs`, which
+shares one eigendecomposition of the design between all of them; :class:`GLM` and :func:`fista`
+serve the L1 problems.
 """
 
 from __future__ import annotations
@@ -44,16 +46,6 @@ def ridge_solve(gram: Tensor, cross: Tensor, lambdas: Tensor) -> Tensor:
     scaled = r[:, None, :] / (evals[:, None, None] + lambdas[None, :, None])  # [d L c]
     w = einops.einsum(vecs, scaled, "d e, e l c -> c l d")
     return w
-
-
-def ridge_path(z: Tensor, y: Tensor, lambdas: Tensor) -> tuple[Tensor, Tensor]:
-    """Ridge for targets ``y [n c]`` and ``lambdas [L]`` on ``z [n d]``: ``(W [c L d], b [c L])``."""
-    n = z.shape[0]
-    zm, ym = z.mean(0), y.mean(0)
-    zc, yc = z - zm, y - ym
-    w = ridge_solve(zc.T @ zc / n, zc.T @ yc / n, lambdas)
-    b = ym[:, None] - w @ zm
-    return w, b
 
 
 @dataclass
@@ -129,101 +121,6 @@ class GLM:
 def default_tol(dtype: torch.dtype) -> float:
     """Gradient tolerance that the dtype can reach: 1e-9 in float64, 1e-5 in float32."""
     return 1e-9 if dtype == torch.float64 else 1e-5
-
-
-def lbfgs(fun: Objective, theta0: Tensor, *, max_iter: int = 1000, tol: float | None = None,
-          history: int = 10, curv: Tensor | None = None, l2: Tensor | None = None,
-          penalised: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Batched L-BFGS with a per-problem backtracking (Armijo) line search.
-
-    Initial inverse Hessian: ``gamma I`` (the usual scaling) or, given the design's curvature per
-    coordinate ``curv [p]`` (the eigenvalues of ``Z^T Z / n`` when solving in its eigenbasis), the
-    diagonal ``1 / (c_j curv + l2_j penalised)`` with ``c_j`` (the mean GLM weight ``p(1-p)``)
-    re-estimated from each curvature pair -- a preconditioner that makes the batched solve converge
-    in far fewer iterations on correlated latents.
-
-    ``theta0 [m p]``; stops a problem when ``max |grad| <= tol``, when its loss stops changing
-    (relative change below 10 float64 epsilons), or when its line search fails. Finished problems
-    leave the active set, so the GEMMs shrink as problems converge. Returns ``(theta [m p],
-    converged [m] bool)``.
-    """
-    tol = default_tol(theta0.dtype) if tol is None else tol
-    ftol = 10 * torch.finfo(torch.float64).eps  # the loss is float64 (see GLM.__call__)
-    theta, m = theta0.clone(), theta0.shape[0]
-    done = torch.zeros(m, dtype=torch.bool, device=theta.device)
-    converged = torch.zeros_like(done)
-    act = torch.arange(m, device=theta.device)
-    x = theta.clone()
-    f, g = fun(x, act)
-    ss: list[Tensor] = []
-    ys: list[Tensor] = []
-    rhos: list[Tensor] = []
-    gamma = torch.ones(m, 1, dtype=theta.dtype, device=theta.device)  # gamma, or c_j with curv
-    if curv is not None:
-        gamma = gamma * 0.25
-        l2c, pen = l2.to(theta.dtype)[:, None], penalised.to(theta.dtype)[None, :]
-        curv = curv.to(theta.dtype)[None, :]
-    for _ in range(max_iter):
-        # 1. retire problems whose gradient is small enough
-        small = g.abs().amax(1) <= tol
-        if bool(small.any()):
-            converged[act[small]] = True
-            keep = ~small
-            theta[act[small]] = x[small]
-            act, x, f, g, gamma = act[keep], x[keep], f[keep], g[keep], gamma[keep]
-            ss, ys, rhos = [t[keep] for t in ss], [t[keep] for t in ys], [t[keep] for t in rhos]
-            if curv is not None:
-                l2c = l2c[keep]
-        if act.numel() == 0:
-            break
-        # 2. two-loop recursion: d = -H g (pairs with rho = 0 are inert)
-        q, alphas = g.clone(), []
-        for s_, y_, r_ in zip(reversed(ss), reversed(ys), reversed(rhos)):
-            a = r_ * (s_ * q).sum(1, keepdim=True)
-            q -= a * y_
-            alphas.append(a)
-        r = gamma * q if curv is None else q / (gamma * curv + l2c * pen)
-        for s_, y_, r_, a in zip(ss, ys, rhos, reversed(alphas)):
-            r += s_ * (a - r_ * (y_ * r).sum(1, keepdim=True))
-        d = -r
-        gd = (g * d).sum(1, dtype=torch.float64)
-        bad = gd >= 0  # not a descent direction: fall back to steepest descent
-        d[bad], gd[bad] = -g[bad], -(g[bad] * g[bad]).sum(1, dtype=torch.float64)
-        # 3. backtracking line search, all active problems evaluated together
-        t = torch.ones_like(f, dtype=x.dtype)
-        ok = torch.zeros_like(done[: act.numel()])
-        for _ls in range(30):
-            fn, gn = fun(x + t[:, None] * d, act)
-            ok = fn <= f + 1e-4 * t * gd
-            if bool(ok.all()):
-                break
-            t = torch.where(ok, t, 0.5 * t)
-        xn = x + t[:, None] * d
-        # 4. update curvature pairs; a pair with s.y <= 0 is stored as inert (rho = 0)
-        s_, y_ = xn - x, gn - g
-        sy = (s_ * y_).sum(1, keepdim=True)
-        good = sy > 1e-12 * (s_ * s_).sum(1, keepdim=True).sqrt() * (y_ * y_).sum(1, keepdim=True).sqrt()
-        rho = torch.where(good, 1.0 / sy.clamp_min(torch.finfo(sy.dtype).tiny), torch.zeros_like(sy))
-        if curv is None:
-            gamma = torch.where(good, sy / (y_ * y_).sum(1, keepdim=True).clamp_min(torch.finfo(sy.dtype).tiny), gamma)
-        else:  # s^T y ~= s^T (c curv + l2) s  ->  c
-            c = (sy - l2c * (s_ * s_ * pen).sum(1, keepdim=True)) / (s_ * s_ * curv).sum(1, keepdim=True).clamp_min(1e-30)
-            gamma = torch.where(good, c.clamp(1e-6, 1.0), gamma)
-        ss, ys, rhos = (ss + [s_])[-history:], (ys + [y_])[-history:], (rhos + [rho])[-history:]
-        stalled = ~ok | ((f - fn).abs() <= ftol * fn.abs().clamp_min(1.0))
-        x, f, g = torch.where(ok[:, None], xn, x), torch.where(ok, fn, f), torch.where(ok[:, None], gn, g)
-        if bool(stalled.any()):
-            converged[act[stalled]] = (g[stalled].abs().amax(1) <= 100 * tol) | ok[stalled]
-            theta[act[stalled]] = x[stalled]
-            keep = ~stalled
-            act, x, f, g, gamma = act[keep], x[keep], f[keep], g[keep], gamma[keep]
-            ss, ys, rhos = [t_[keep] for t_ in ss], [t_[keep] for t_ in ys], [t_[keep] for t_ in rhos]
-            if curv is not None:
-                l2c = l2c[keep]
-            if act.numel() == 0:
-                break
-    theta[act] = x
-    return theta, converged
 
 
 def soft_threshold(x: Tensor, thr: Tensor) -> Tensor:

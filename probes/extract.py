@@ -86,7 +86,7 @@ class LatentStore:
             manifest = json.loads((root / MANIFEST).read_text())
         except FileNotFoundError:
             raise ProbeError(f"no latent store at {root} ({MANIFEST} missing); build one with extract_latents") from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ProbeError(f"{root / MANIFEST} is not valid JSON ({e}); delete {root} and extract again") from None
         if manifest.get("format") != FORMAT_VERSION:
             raise ProbeError(f"{root}: latent store format {manifest.get('format')!r}, this ontolab reads {FORMAT_VERSION}; extract again")

@@ -1,7 +1,7 @@
 """L2-regularised linear probes: logistic (binary), multinomial (categorical), ridge (scalar).
 
 ``LinearFitter(concept, l2=...)`` fits one probe; :func:`fit_grid` fits every concept x site x
-regularisation value together with the batched solvers of :mod:`probes.batched` and picks the
+regularisation value together (one shared design per site, :mod:`probes.lbfgs`) and picks the
 regularisation on the validation split. Objectives (per-sample mean loss + ``l2/2 ||w||^2`` on
 standardised latents, intercept unpenalised) match scikit-learn with ``C = 1/(l2 n)`` for
 ``LogisticRegression`` and ``alpha = l2 n`` for ``Ridge`` fitted on the same standardised latents.
@@ -15,11 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+import einops
 import torch
 from torch import Tensor
 
 from probes.base import Probe, ProbeError, ProbeFitter, as_labels, as_latents
-from probes.batched import GLM, augment, lbfgs, ridge_path, ridge_solve
+from probes.batched import default_tol, ridge_solve
+from probes.lbfgs import Design, glm_lbfgs
 from probes.normalize import EPS, Normalizer
 from worlds.concepts import Concept
 
@@ -57,34 +59,29 @@ def _init_theta(kind: str, targets: Tensor, p1: int, k: int, dtype: torch.dtype)
 
 
 def fit_linear_batch(z: Tensor, concepts: Sequence[Concept], ys: Sequence[Tensor], lambdas: Tensor, *,
-                     max_iter: int = 1000, tol: float | None = None) -> list[list[tuple[Tensor, Tensor]]]:
-    """Fit every ``(concept, lambda)`` on standardised ``z [n d]``; ``ys[i] [n]`` validated labels.
+                     max_iter: int = 1000, tol: float | None = None,
+                     design: Design | None = None) -> list[list[tuple[Tensor, Tensor]]]:
+    """Fit every ``(concept, lambda)`` on ``z [n d]`` (standardised); ``ys[i] [n]`` validated labels.
 
-    Returns ``out[i][l] = (weight [k d], bias [k])``. Scalar concepts share one eigendecomposition;
-    binary concepts are one batched L-BFGS over ``len(binary) * L`` problems; categorical ones another.
+    Returns ``out[i][l] = (weight [k d], bias [k])``. One :class:`~probes.lbfgs.Design` (a GEMM and an
+    eigendecomposition; pass ``design`` to reuse one) serves all of them: the scalar concepts' ridge
+    paths come straight from it; binary concepts are one batched L-BFGS over ``len(binary) * L``
+    problems and categorical ones another, preconditioned by it.
     """
     n, d = z.shape
     L = lambdas.shape[0]
+    tol = default_tol(z.dtype) if tol is None else tol
+    design = Design.of(z) if design is None else design
     out: list[list[Any]] = [[None] * L for _ in concepts]
     groups: dict[str, list[int]] = {"binary": [], "categorical": [], "scalar": []}
     for i, c in enumerate(concepts):
         groups[c.kind].append(i)
     if groups["scalar"]:
         ycols = torch.stack([ys[i].to(z.dtype) for i in groups["scalar"]], 1)  # [n c]
-        w, b = ridge_path(z, ycols, lambdas)  # [c L d], [c L]
+        w, b = design.ridge(ycols, lambdas.to(z.dtype))  # [c L d], [c L]
         for j, i in enumerate(groups["scalar"]):
             for l in range(L):
                 out[i][l] = (w[j, l][None], b[j, l][None])
-    if not (groups["binary"] or groups["categorical"]):
-        return out
-    # Solve in the eigenbasis of Z^T Z / n (a rotation: the L2 penalty is unchanged), where the
-    # design's curvature is diagonal and preconditions L-BFGS; rotate the weights back at the end.
-    zc = (z - z.mean(0)).double()
-    try:  # float64: LAPACK's float32 eigh fails to converge on rank-deficient designs (few rows, e.g. MDL's first blocks)
-        evals, vecs = (t.to(z.dtype) for t in torch.linalg.eigh(zc.T @ zc / n))
-    except torch.linalg.LinAlgError:  # still degenerate: solve in the original basis (no preconditioning)
-        evals, vecs = torch.ones(d, dtype=z.dtype, device=z.device), torch.eye(d, dtype=z.dtype, device=z.device)
-    z1 = augment(z @ vecs)
     for kind in ("binary", "categorical"):
         idx = groups[kind]
         if not idx:
@@ -94,16 +91,14 @@ def fit_linear_batch(z: Tensor, concepts: Sequence[Concept], ys: Sequence[Tensor
         targets = tg.to(z.dtype) if kind == "binary" else tg
         ncls = torch.tensor([concepts[i].num_classes for i in idx for _ in range(L)])
         l2 = lambdas.repeat(len(idx)).to(z.dtype)
-        glm = GLM(kind, z1, targets, l2, k=k, num_classes=ncls)
-        theta0 = _init_theta(kind, targets, d + 1, k, z.dtype)
-        curv = torch.cat([evals.clamp_min(0), evals.new_ones(1)]).repeat(k)  # [k (d+1)]
-        theta, _ = lbfgs(glm, theta0, max_iter=max_iter, tol=tol, curv=curv, l2=l2, penalised=glm.penalised)
-        theta = theta.reshape(len(idx), L, k, d + 1)
-        theta[..., :d] = theta[..., :d] @ vecs.T  # back to the standardised-latent basis
+        theta0 = einops.rearrange(_init_theta(kind, targets, d + 1, k, z.dtype), "m (k p) -> m k p", k=k)
+        theta, _, _ = glm_lbfgs(design, kind, targets, l2, theta0, k=k, num_classes=ncls, max_iter=max_iter, tol=tol)
+        weight = einops.rearrange(theta[..., :d], "(c l) k d -> c l k d", l=L)
+        bias = einops.rearrange(theta[..., d] - theta[..., :d] @ design.mean, "(c l) k -> c l k", l=L)
         for j, i in enumerate(idx):
             kc = concepts[i].num_classes if kind == "categorical" else 1
             for l in range(L):
-                out[i][l] = (theta[j, l, :kc, :d].clone(), theta[j, l, :kc, d].clone())
+                out[i][l] = (weight[j, l, :kc].clone(), bias[j, l, :kc].clone())
     return out
 
 
@@ -240,11 +235,21 @@ def fit_grid(x_by_site: Mapping[str, Tensor], y_by_concept: Mapping[str, Tensor]
                for c in concepts]
         norm = Normalizer.fit(x)
         fitted = fit_linear_batch(norm.apply(x), concepts, ys, lam_t, max_iter=max_iter, tol=tol)
+        # every probe of the site scored on validation with one GEMM (Probe.predict would re-check and
+        # re-normalise the validation latents once per probe)
+        zv = norm.apply(xv)
+        w_all = torch.cat([w for fits in fitted for w, _ in fits])  # [rows d], rows = sum of k over probes
+        b_all = torch.cat([b for fits in fitted for _, b in fits])
+        s_all = zv @ w_all.T + b_all  # [nv rows]
+        at = 0
         for c, fits, yv in zip(concepts, fitted, yvs):
-            hp = [{"l2": l, "max_iter": max_iter, "tol": tol} for l in lam]
-            ps = tuple(LinearProbe(c, norm, h, w, b) for h, (w, b) in zip(hp, fits))
-            pred = torch.stack([p.predict(xv) for p in ps], 1)
+            k = fits[0][0].shape[0]
+            s = einops.rearrange(s_all[:, at:at + k * len(lam)], "n (l k) -> n l k", k=k)
+            at += k * len(lam)
+            pred = s[..., 0] if c.kind == "scalar" else ((s[..., 0] > 0).long() if c.kind == "binary" else s.argmax(-1))
             sc = validation_score(c, pred, yv).tolist()
-            probes[(site, c.name)], scores[(site, c.name)] = ps, tuple(sc)
+            hp = [{"l2": l, "max_iter": max_iter, "tol": tol} for l in lam]
+            probes[(site, c.name)] = tuple(LinearProbe(c, norm, h, w, b) for h, (w, b) in zip(hp, fits))
+            scores[(site, c.name)] = tuple(sc)
             best[(site, c.name)] = choose_lambda(sc, lam)
     return GridResult(tuple(lam), probes, scores, best)

@@ -25,6 +25,8 @@ target for R2) give NaN and are skipped by the bootstrap.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 from typing import Literal
 
@@ -69,7 +71,9 @@ class BalancedAccuracy(SumDecomposable):
     num_classes: int
 
     def __call__(self, y_true, y_pred) -> float:
-        return float(skm.balanced_accuracy_score(as_numpy(y_true), as_numpy(y_pred)))
+        with warnings.catch_warnings():  # one class present (e.g. a planner's visited states): defined, not an error
+            warnings.filterwarnings("ignore", message=r".*(single label|y_pred contains classes not in y_true).*")
+            return float(skm.balanced_accuracy_score(as_numpy(y_true), as_numpy(y_pred)))
 
     def row_stats(self, y_true, y_pred) -> np.ndarray:
         k = self.num_classes

@@ -156,12 +156,14 @@ class Ontology:
             index = json.loads((root / INDEX).read_text())
         except FileNotFoundError:
             raise ProbeError(f"no ontology at {root} ({INDEX} missing); fit one with run_harness and save it") from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ProbeError(f"{root / INDEX} is not valid JSON ({e}); fit and save the ontology again") from None
         if index.get("format") != FORMAT_VERSION:
             raise ProbeError(f"{root}: ontology format {index.get('format')!r}, this ontolab reads {FORMAT_VERSION}")
         entries = {}
         for d in index["entries"]:
+            if os.path.isabs(d["probe"]) or ".." in Path(d["probe"]).parts:  # never read outside the folder
+                raise ProbeError(f"{root / INDEX} names probe file {d['probe']!r} outside {root}; fit and save the ontology again")
             probe = fresh(Probe.load(root / d["probe"], device=device))
             if probe.concept.name != d["concept"] or probe.method != d["method"]:
                 raise ProbeError(f"{root / d['probe']} holds a {probe.method!r} probe of {probe.concept.name!r}, "

@@ -254,3 +254,26 @@ def combine_seeds(estimates: Sequence[Estimate], level: float | None = None) -> 
     m = float(est.mean())
     n_boot = min(e.n_boot for e in estimates)
     return Estimate(m, m - z * se, m + z * se, lvl, n_boot, len(est), sum(e.n_skipped for e in estimates))
+
+
+def clopper_pearson(hits: np.ndarray | int, trials: np.ndarray | int,
+                    confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Exact two-sided binomial interval ``(lower, upper)`` for ``hits`` successes in ``trials`` (elementwise).
+
+    ``lower = Beta(alpha/2; k, n - k + 1)`` (0 when ``k = 0``), ``upper = Beta(1 - alpha/2; k + 1, n - k)``
+    (1 when ``k = n``), ``alpha = 1 - confidence``. Written with ``scipy.stats.beta`` because scipy's
+    ``binomtest(...).proportion_ci(method="exact")`` is the same formula but scalar only.
+    """
+    from scipy.stats import beta
+
+    k = np.asarray(hits, dtype=np.float64)
+    n = np.asarray(trials, dtype=np.float64)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if np.any(n < 1) or np.any(k < 0) or np.any(k > n):
+        raise ValueError("clopper_pearson needs 0 <= hits <= trials and trials >= 1")
+    alpha = 1.0 - confidence
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lo = np.where(k > 0, beta.ppf(alpha / 2, k, n - k + 1), 0.0)
+        hi = np.where(k < n, beta.ppf(1 - alpha / 2, k + 1, n - k), 1.0)
+    return lo, hi

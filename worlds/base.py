@@ -57,6 +57,9 @@ class VectorWorld(ABC):
     """All layout families this world can generate."""
     ood_families: ClassVar[tuple[str, ...]] = ()
     """Families held out of training for out-of-distribution tests (a subset of ``families``)."""
+    view_position_concepts: ClassVar[tuple[str, str] | None] = None
+    """For an egocentric grid view that is NOT rotated with the agent: the (row, column) concepts of the
+    world cell at the view's centre, so evaluation can tell cells seen before from never-seen ones."""
 
     obs_kind: ClassVar[str] = "vector"
     """``"symbolic"`` (one-hot uint8 channels ``[c h w]``, exactly one channel set per cell),

@@ -56,10 +56,16 @@ class CheckpointError(OntolabError):
 def _write_temp(target: Path, data: bytes) -> Path:
     """Write ``data`` durably to a hidden temp file next to ``target``; returns its path."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:  # a full disk's write error names no file: name the checkpoint
+            e.filename = str(target)
+        raise
     return tmp
 
 

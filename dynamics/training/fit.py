@@ -23,6 +23,7 @@ import math
 import os
 import platform
 import secrets
+import signal
 import string
 import warnings
 from dataclasses import dataclass
@@ -194,7 +195,15 @@ def fit_dynamics(
             warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")  # num_workers=0 is deliberate
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            try:
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            except SystemExit:
+                # Lightning turns Ctrl-C into SystemExit(1) and leaves SIGINT ignored; give the caller the
+                # KeyboardInterrupt back (the last checkpoint is intact) and restore Ctrl-C.
+                if trainer.interrupted:
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+                    raise KeyboardInterrupt from None
+                raise
             if module.last_val_step != trainer.global_step:
                 trainer.validate(module, datamodule=datamodule, verbose=False)
         status = 0

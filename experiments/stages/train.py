@@ -31,6 +31,8 @@ def run_train(cfg: RunConfig, data_path: Path, out: Path, *, progress: bool = Tr
     ds = TrajectoryDataset.open(data_path)  # verifies checksums before any training
     model = build_for_dataset(cfg, ds)
     d = cfg.dynamics
+    if d.resume:  # a corrupt checkpoint or one of another model is refused before anything is written
+        check_resumable(out / "checkpoints", model)
     logger = "none" if cfg.wandb.mode == "disabled" else f"wandb-{cfg.wandb.mode}"
     out.mkdir(parents=True, exist_ok=True)
     write_config(cfg, out / "config.yaml")
@@ -43,6 +45,38 @@ def run_train(cfg: RunConfig, data_path: Path, out: Path, *, progress: bool = Tr
     )
     evaluate_stage(model, data_path, out, seed=cfg.seed)
     return result
+
+
+def check_resumable(ckpt_dir: Path, model) -> None:
+    """Refuse (one line naming the file) to resume ``model`` from a corrupt checkpoint or one of another model."""
+    import json
+
+    from dynamics.training.checkpoint import (META_KEY, CheckpointError, find_resume_checkpoint, model_meta,
+                                              read_checkpoint)
+
+    path = find_resume_checkpoint(ckpt_dir)  # raises, naming them, if checkpoints exist and none is valid
+    if path is None:
+        return
+    theirs, ours = read_checkpoint(path).get(META_KEY) or {}, model_meta(model)
+    if theirs.get("model") != ours["model"]:
+        raise CheckpointError(f"checkpoint {path} holds a {theirs.get('model')!r} model, expected {ours['model']!r}; "
+                              "choose another out= or drop dynamics.resume=true")
+    differ = [k for k in ("hparams", "obs_spec", "action_spec")
+              if json.dumps(theirs.get(k), sort_keys=True) != json.dumps(ours[k], sort_keys=True)]
+    if differ:
+        raise CheckpointError(f"checkpoint {path} was trained with other {', '.join(differ)}; "
+                              "resume with the same dynamics settings or choose another out=")
+
+
+def _view_positions(ds: TrajectoryDataset) -> tuple[str, str] | None:
+    """The world's (row, column) view-centre concepts when its grid view is translated, not rotated."""
+    from worlds.registry import get_world
+
+    try:
+        concepts = get_world(ds.world_name).cls.view_position_concepts
+    except ValueError:  # a dataset of a world this install does not register: no seen/unseen split
+        return None
+    return concepts if concepts and ds.obs_spec.get("obs_kind") == "symbolic" else None
 
 
 def evaluate_stage(model, data_path: Path, out: Path, *, split: str = "test", context: int = 10,
@@ -59,9 +93,10 @@ def evaluate_stage(model, data_path: Path, out: Path, *, split: str = "test", co
     elif longest < context + max(horizons):
         result = {"skipped": f"no {split} episode has {context + max(horizons)} steps (longest: {longest}); collect more episodes"}
     else:
-        w = episode_windows(episodes, context + max(horizons), stride=max(horizons))
+        positions = _view_positions(ds)
+        w = episode_windows(episodes, context + max(horizons), stride=max(horizons), position_concepts=positions)
         rep = evaluate_open_loop(model, w["obs"], w["actions"], w["is_first"], context, horizons, seed=seed,
-                                 groups=w["episode"])
+                                 groups=w["episode"], positions=w.get("positions"))
 
         def est(d):
             return {str(k): {"estimate": e.estimate, "ci_low": e.lower, "ci_high": e.upper} for k, e in d.items()}
@@ -72,5 +107,9 @@ def evaluate_stage(model, data_path: Path, out: Path, *, split: str = "test", co
                   "model_changed_cells": est(rep.model_changed), "copy_changed_cells": est(rep.copy_changed),
                   "changed_fraction": {str(k): v for k, v in rep.changed_fraction.items()},
                   "model_unseen_cells": est(rep.model_unseen)}
+        if rep.model_seen:  # cells inside an earlier observed view: the ones a model can predict
+            result.update({"model_seen_cells": est(rep.model_seen), "copy_seen_cells": est(rep.copy_seen),
+                           "model_seen_changed_cells": est(rep.model_seen_changed),
+                           "seen_fraction": {str(k): v for k, v in rep.seen_fraction.items()}})
     write_json(result, out / "open_loop.json")
     return result

@@ -37,8 +37,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.stats import beta
 
+from probes.stats import clopper_pearson as _clopper_pearson
 from planning.verify.model import CountModel, RowGroupedModel
 from planning.verify.result import CheckResult, Empirical
 from planning.verify.storm import (DEFAULT_PRECISION, _vectors, import_stormpy, parse, run_check, sound_environment,
@@ -52,23 +52,11 @@ UNSEEN_FLOOR = 1e-12
 
 def clopper_pearson(hits: np.ndarray | int, trials: np.ndarray | int,
                     confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Exact two-sided binomial interval ``(lower, upper)`` for ``hits`` successes in ``trials`` (elementwise).
-
-    ``lower = Beta(alpha/2; k, n - k + 1)`` (0 when ``k = 0``), ``upper = Beta(1 - alpha/2; k + 1, n - k)``
-    (1 when ``k = n``), ``alpha = 1 - confidence``. Written with ``scipy.stats.beta`` because scipy's
-    ``binomtest(...).proportion_ci(method="exact")`` is the same formula but scalar only.
-    """
-    k = np.asarray(hits, dtype=np.float64)
-    n = np.asarray(trials, dtype=np.float64)
-    if not 0 < confidence < 1:
-        raise VerifyError(f"confidence must lie in (0, 1), got {confidence}")
-    if np.any(n < 1) or np.any(k < 0) or np.any(k > n):
-        raise VerifyError("clopper_pearson needs 0 <= hits <= trials and trials >= 1")
-    alpha = 1.0 - confidence
-    with np.errstate(invalid="ignore", divide="ignore"):
-        lo = np.where(k > 0, beta.ppf(alpha / 2, k, n - k + 1), 0.0)
-        hi = np.where(k < n, beta.ppf(1 - alpha / 2, k + 1, n - k), 1.0)
-    return lo, hi
+    """:func:`probes.stats.clopper_pearson` (exact binomial interval), with bad counts a :class:`VerifyError`."""
+    try:
+        return _clopper_pearson(hits, trials, confidence)
+    except ValueError as e:
+        raise VerifyError(str(e)) from None
 
 
 def empirical_rate(hits: int, episodes: int, confidence: float = 0.99) -> Empirical:

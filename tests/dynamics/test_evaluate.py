@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -131,6 +132,99 @@ def test_vector_mse_against_numpy():
     assert exact.model_unseen == {}
 
 
+def ego_walk(b: int, t: int, seed: int = 0, view: int = 3, size: int = 7):
+    """Random walks on fixed random ``size x size`` maps of 3 cell kinds (kind 3 = outside), seen through an
+    unrotated ``view x view`` window centred on the walker: obs ``uint8[b t 4 view view]``, actions, is_first,
+    positions ``int64[b t 2]``."""
+    g = torch.Generator().manual_seed(seed)
+    r = view // 2
+    maps = torch.full((b, size + 2 * r, size + 2 * r), 3, dtype=torch.long)
+    maps[:, r:r + size, r:r + size] = torch.randint(0, 3, (b, size, size), generator=g)
+    actions = torch.randint(0, 5, (b, t), generator=g)
+    actions[:, 0] = 0
+    pos = torch.zeros(b, t, 2, dtype=torch.long)
+    pos[:, 0] = torch.randint(0, size, (b, 2), generator=g)
+    for i in range(1, t):
+        pos[:, i] = (pos[:, i - 1] + MOVES[actions[:, i]]).clamp(0, size - 1)
+    cells = torch.stack([torch.stack([maps[j, pos[j, i, 0]:pos[j, i, 0] + view, pos[j, i, 1]:pos[j, i, 1] + view]
+                                      for i in range(t)]) for j in range(b)])  # [b t view view]
+    first = torch.zeros(b, t, dtype=torch.bool)
+    first[:, 0] = True
+    return F.one_hot(cells, 4).permute(0, 1, 4, 2, 3).to(torch.uint8), actions, first, pos
+
+
+class CopyModel(DynamicsModel):
+    """Predicts that every future frame equals the last observed one (for any symbolic obs shape)."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.obs_spec, self.action_spec = ObsSpec(shape, "symbolic"), ActionSpec(True, n=5)
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    sites = property(lambda self: {"feat": (1,)})
+    hparams = property(lambda self: {})
+
+    def initial(self, batch_size: int) -> LatentState:
+        return LatentState({"feat": torch.zeros(batch_size, 1)})
+
+    def observe(self, obs: Tensor, actions: Tensor, is_first: Tensor, *, sample: bool = False) -> LatentState:
+        return LatentState({"feat": obs.float()})
+
+    def imagine(self, state: LatentState, actions: Tensor, *, sample: bool = False) -> LatentState:
+        return LatentState({"feat": state.feat.unsqueeze(1).expand(-1, actions.shape[1], *state.feat.shape[1:])})
+
+    def decode(self, state: LatentState) -> Tensor:
+        return state.feat
+
+    def loss(self, obs: Tensor, actions: Tensor, is_first: Tensor) -> LossOutput:
+        raise NotImplementedError
+
+
+def _seen_reference(pos: np.ndarray, context: int, k: int, view: int) -> np.ndarray:
+    """``bool[b view view]``: brute force, one cell at a time -- is the cell's world position inside a context view?"""
+    b, r = pos.shape[0], view // 2
+    out = np.zeros((b, view, view), bool)
+    for j in range(b):
+        for y in range(view):
+            for x in range(view):
+                world = pos[j, context - 1 + k] + np.array([y - r, x - r])
+                out[j, y, x] = any(np.abs(world - pos[j, c]).max() <= r for c in range(context))
+    return out
+
+
+def test_seen_cells_match_a_brute_force_reference():
+    from dynamics.evaluate import seen_cells
+
+    _, _, _, pos = ego_walk(12, 9, seed=6, view=3)
+    got = seen_cells(pos[:, :4], pos[:, [4, 7]], (3, 3)).numpy()
+    for i, k in enumerate((1, 4)):
+        np.testing.assert_array_equal(got[:, i], _seen_reference(pos.numpy(), 4, k, 3))
+    assert got[:, 0, 1, 1].all()  # the walker's own cell at k = 1 was always inside the last view
+    with pytest.raises(ValueError, match="odd size"):
+        seen_cells(pos[:, :4], pos[:, [4]], (4, 4))
+
+
+def test_seen_split_of_the_copy_model_against_numpy():
+    obs, actions, first, pos = ego_walk(40, 10, seed=7, view=3)
+    report = evaluate_open_loop(CopyModel((4, 3, 3)), obs, actions, first, context=4, horizons=(1, 3, 6),
+                                positions=pos, batch_size=16)
+    cls = obs.argmax(2).numpy()
+    for k in report.horizons:
+        seen = _seen_reference(pos.numpy(), 4, k, 3)
+        right = cls[:, 3] == cls[:, 3 + k]
+        assert report.model_seen[k].count == int(seen.sum())
+        assert report.seen_fraction[k] == pytest.approx(seen.mean())
+        assert report.model_seen[k].estimate == pytest.approx(right[seen].mean())
+        assert report.copy_seen[k].estimate == pytest.approx(right[seen].mean())
+        assert report.model_seen_changed[k].estimate == 0.0
+        assert report.model_seen_changed[k].count == int((seen & ~right).sum())
+    assert report.seen_fraction[6] < 1.0  # walks of 6 steps leave the context views
+    assert "seen_frac" in report.summary()
+    with pytest.raises(ValueError, match="positions must have shape"):
+        evaluate_open_loop(CopyModel((4, 3, 3)), obs, actions, first, context=4, horizons=(1,), positions=pos[:, :5])
+    assert evaluate_open_loop(CopyModel((4, 3, 3)), obs, actions, first, context=4, horizons=(1,)).model_seen == {}
+
+
 def test_refuses_windows_that_cross_an_episode_start_or_are_short():
     obs, actions, first = walk(4, 10)
     first[:, 5] = True
@@ -154,6 +248,11 @@ def test_episode_windows_cut_inside_episodes():
     assert w["episode"].tolist() == [0, 0, 1, 1, 2, 2, 2]
     with pytest.raises(ValueError, match="no episode has 20 steps"):
         episode_windows(eps, length=20)
+    with pytest.raises(ValueError, match="has no concept 'row'"):
+        episode_windows(eps, length=4, position_concepts=("row", "col"))
+    eps = [dataclasses.replace(e, concepts={"row": np.arange(len(e)) * 1.0, "col": np.full(len(e), 2.0)}) for e in eps]
+    w = episode_windows(eps, length=4, stride=3, position_concepts=("row", "col"))
+    assert w["positions"].dtype == torch.int64 and w["positions"][6].tolist() == [[6, 2], [7, 2], [8, 2], [9, 2]]
 
 
 def test_intervals_resample_episodes_not_windows():
@@ -174,7 +273,8 @@ def test_intervals_resample_episodes_not_windows():
 
 # -- the quality bar on the default world ----------------------------------------------------------
 def lavakeydoor_streams(num_envs: int, steps: int, seed: int, epsilon: float = 0.3) -> dict[str, Any]:
-    """In-memory lavakeydoor experience ``[n steps ...]`` from a 50/50 mixture of an epsilon-oracle and random play."""
+    """In-memory lavakeydoor experience ``[n steps ...]`` from a 50/50 mixture of an epsilon-oracle and random play
+    (``positions``: the agent's world cell, the centre of each egocentric view, for the seen-cell split)."""
     import worlds
     from worlds.policies import make_policy
 
@@ -184,10 +284,11 @@ def lavakeydoor_streams(num_envs: int, steps: int, seed: int, epsilon: float = 0
     obs = world.reset(seed=seed)
     policy.reset(world, rng)
     out = {"obs": np.zeros((num_envs, steps, *obs.shape[1:]), np.uint8), "actions": np.zeros((num_envs, steps), np.int64),
-           "is_first": np.zeros((num_envs, steps), bool)}
+           "is_first": np.zeros((num_envs, steps), bool), "positions": np.zeros((num_envs, steps, 2), np.int64)}
     first, act = np.ones(num_envs, bool), np.zeros(num_envs, np.int64)
     for t in range(steps):
         out["obs"][:, t], out["actions"][:, t], out["is_first"][:, t] = obs, np.where(first, 0, act), first
+        out["positions"][:, t] = world.agent_pos()
         act = np.asarray(policy(world, rng), np.int64)
         res = world.step(act)
         first = res.terminated | res.truncated
@@ -210,7 +311,9 @@ def inside_episode_windows(data: dict[str, Tensor], length: int) -> dict[str, Te
                 continue
             picks.append((i, t))
             t += length
-    return {k: torch.stack([v[i, t:t + length] for i, t in picks]) for k, v in data.items()}
+    out = {k: torch.stack([v[i, t:t + length] for i, t in picks]) for k, v in data.items()}
+    out["stream"] = torch.tensor([i for i, _ in picks])  # [n]: windows of one env stream are correlated
+    return out
 
 
 BAR_CONTEXT, BAR_SECONDS = 20, 110.0
@@ -246,7 +349,8 @@ def lavakeydoor_report():
             torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
             opt.step()
         print(f"trained {steps} steps of {b}x{t} in {time.perf_counter() - start:.0f} s")
-        return evaluate_open_loop(model, test["obs"], test["actions"], test["is_first"], context=BAR_CONTEXT)
+        return evaluate_open_loop(model, test["obs"], test["actions"], test["is_first"], context=BAR_CONTEXT,
+                                  positions=test["positions"], groups=test["stream"])
     finally:
         torch.set_num_threads(threads)
 
@@ -257,13 +361,17 @@ def test_default_rssm_beats_copying_on_lavakeydoor(lavakeydoor_report):
     print(r.summary())
     for k in (1, 5, 15):
         assert r.model[k].lower > r.copy[k].upper, r.summary()
+        assert r.model_seen[k].lower > r.copy_seen[k].upper, r.summary()
     assert r.model_changed[5].estimate > 0.7, r.summary()  # copying gets 0 on these cells
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue bar (>= 95% per-cell at k=5 after <= 2 min on 2 cores) not reached: the default "
-                          "RSSM got 0.915 at k=5 (1639 steps in 110 s; 0.914 after 2200 steps in another run); it forgets "
-                          "cells it saw in the context (~92% right there) and guesses never-seen cells (~6%) at ~0.65",
-                   strict=False)
+@pytest.mark.xfail(reason="issue #3 bar (>= 95% per-cell at k=5 after <= 2 min on 2 cores) not reached: the default RSSM "
+                          "got 0.916 on all cells and 0.927 on seen cells (cells inside some context view) at k=5 after "
+                          "1600 steps; its straight-through categorical latent, the only path from an observation into "
+                          "the state, reconstructs even the current frame at only ~0.96 per cell at this budget "
+                          "(a plain autoencoder: 0.9996 in 600 steps; with that bottleneck: 0.95)", strict=False)
 def test_default_rssm_meets_the_issue_bar_on_lavakeydoor(lavakeydoor_report):
-    assert lavakeydoor_report.model[5].estimate >= 0.95, lavakeydoor_report.summary()
+    """The bar is judged on all cells and on the seen cells (never-seen cells can only be guessed)."""
+    r = lavakeydoor_report
+    assert r.model[5].estimate >= 0.95 and r.model_seen[5].estimate >= 0.95, r.summary()

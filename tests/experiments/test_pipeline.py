@@ -1,4 +1,6 @@
-"""`ontolab run` end to end on a tiny budget: the run folder, summary.json, stage caching, the lock."""
+"""`ontolab run` end to end on a tiny budget: the run folder, summary.json, stage caching.
+
+The lock, a refused run folder and interrupted runs are tested in ``tests/reliability/test_run_faults.py``."""
 
 from __future__ import annotations
 
@@ -10,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cache import RunLockedError, run_lock
-from experiments.config import ConfigError
 from experiments.pipeline import run_pipeline
 from experiments.schema import resolve
 
@@ -22,6 +22,11 @@ TINY = ["data.episodes=40", "data.ood_episodes=8", "data.num_envs=8", "dynamics.
         "dynamics.hparams.stoch=4", "dynamics.hparams.classes=4", "probes.methods=[linear,sparse]",
         "probes.n_boot=50", "probes.mdl=false", "probes.max_train_rows=500", "probes.sites=[deter,feat]"]
 
+TINY_PLAN_VERIFY = ["threads=1", "plan.episodes=4", "plan.num_envs=4", "plan.overopt_episodes=2",
+                    "plan.overopt_best_of=[1,4]", "plan.overopt_cem_samples=[8]", "plan.overopt_cem_iterations=[1]",
+                    "verify.rollouts=100", "verify.real_episodes=40", "verify.planner_rollouts=2",
+                    "verify.planner_episodes=2", "verify.boundary_starts=2", "verify.n_boot=50"]
+
 
 def tiny(tmp_path: Path, *extra: str):
     return resolve([f"out={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}", *TINY, *extra])
@@ -30,7 +35,7 @@ def tiny(tmp_path: Path, *extra: str):
 @pytest.mark.slow
 def test_quickstart_command_end_to_end(tmp_path):
     env = dict(os.environ, WANDB_MODE="offline")
-    r = subprocess.run([ONTOLAB, "quickstart", f"out={tmp_path / 'run'}", *TINY], cwd=tmp_path,
+    r = subprocess.run([ONTOLAB, "quickstart", f"out={tmp_path / 'run'}", *TINY, *TINY_PLAN_VERIFY], cwd=tmp_path,
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "report:" in r.stdout
@@ -63,6 +68,13 @@ def test_quickstart_command_end_to_end(tmp_path):
         assert set(choice) == {"method", "site"} and choice["site"] in ("deter", "feat")
     report = (run / "report.md").read_text()
     assert "## Dynamics" in report and "## Probes" in report and "## Planning" in report
+    assert "## Over-optimisation" in report and "## Verification" in report
+    assert (run / "planning" / "overoptimisation.png").is_file() and (run / "verify" / "metrics.json").is_file()
+    assert {r["policy"] for r in s["verify"]} >= {"uniform"}
+    for r in s["verify"]:
+        assert {"property", "policy", "probability", "upper_bound", "empirical", "states"} <= set(r)
+        assert r["probability"] is None or r["probability"] <= r["upper_bound"] + 1e-9
+    assert (run / "plots").is_dir()
 
 
 @pytest.mark.slow
@@ -82,48 +94,3 @@ def test_stages_are_cached_and_invalidated(tmp_path):
     # another probe method reuses the dataset and the model
     probe = run_pipeline(tiny(tmp_path / "d", f"cache_dir={tmp_path / 'cache'}", "probes.methods=[linear]"), progress=False)
     assert probe.stages["data"].reused and probe.stages["dynamics"].reused and not probe.stages["probes"].reused
-
-
-def test_run_folder_with_another_config_is_refused(tmp_path):
-    cfg = tiny(tmp_path)
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.yaml").write_text("seed: 5\n")
-    with pytest.raises(ConfigError, match="holds a run with a different config"):
-        run_pipeline(cfg, progress=False)
-    assert (tmp_path / "run" / "config.yaml").read_text() == "seed: 5\n"
-
-
-def test_second_process_is_locked_out(tmp_path):
-    with run_lock(tmp_path / "run"):
-        code = ("import sys; from pathlib import Path; from experiments.cache import run_lock\n"
-                f"with run_lock(Path({str(tmp_path / 'run')!r})): pass")
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        assert r.returncode != 0 and "in use by another ontolab process" in r.stderr
-    with run_lock(tmp_path / "run"):  # released again
-        pass
-    with pytest.raises(RunLockedError):
-        with run_lock(tmp_path / "run"):
-            with run_lock(tmp_path / "run"):
-                pass
-
-
-@pytest.mark.slow
-def test_interrupted_training_resumes_inside_the_stage_cache(tmp_path, monkeypatch):
-    import experiments.stages.train as train_stage
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt  # Ctrl-C after the checkpoints were written, before the stage finished
-
-    monkeypatch.setattr(train_stage, "evaluate_stage", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_pipeline(tiny(tmp_path), progress=False)
-    partial = list((tmp_path / "cache" / "dynamics").glob(".*.partial"))
-    assert len(partial) == 1 and (partial[0] / "checkpoints" / "last.ckpt").is_file()
-    assert (tmp_path / "cache" / "data").is_dir()  # the finished stage stays usable
-    monkeypatch.undo()
-
-    result = run_pipeline(tiny(tmp_path, "dynamics.resume=true"), progress=False)
-    assert result.stages["data"].reused and not result.stages["dynamics"].reused
-    run_json = json.loads((result.stages["dynamics"].path / "run.json").read_text())
-    assert run_json["resumed_from"] and run_json["resumed_from"].endswith("last.ckpt")
-    assert not list((tmp_path / "cache" / "dynamics").glob(".*.partial"))

@@ -118,3 +118,12 @@ def test_reward_is_checked_against_the_world_at_config_time():
         resolve([*BASE, "plan.reward=at_goal - 10 * in_hazard"])
     with pytest.raises(ConfigError, match="plan.planners"):
         resolve([*BASE, REWARD, "plan.planners=[nope]"])
+
+
+def test_overoptimisation_settings_are_validated():
+    cfg = resolve([*BASE, REWARD, "plan.overoptimisation=true", "plan.overopt_best_of=[1,8]"])
+    assert cfg.plan.overoptimisation and cfg.plan.overopt_best_of == (1, 8) and not resolve(BASE).plan.overoptimisation
+    with pytest.raises(ConfigError, match="pair up"):
+        resolve([*BASE, REWARD, "plan.overopt_cem_samples=[8,16]", "plan.overopt_cem_iterations=[1]"])
+    with pytest.raises(ConfigError, match="plan.overopt_best_of must hold positive integers"):
+        resolve([*BASE, REWARD, "plan.overopt_best_of=[0,4]"])

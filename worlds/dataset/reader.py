@@ -87,6 +87,8 @@ class TrajectoryDataset:
     def _check_file(self, entry: dict[str, Any], verify: bool) -> None:
         """Header, size and (if ``verify``) sha256 of one file against its manifest entry."""
         rel = entry["path"]
+        if not isinstance(rel, str) or os.path.isabs(rel) or ".." in Path(rel).parts:  # never read outside the folder
+            raise self._error(str(rel), "is not a path inside the dataset folder")
         with self._open_file(rel) as f:
             shape, dtype, offset = self._header(f, rel)
             if shape != tuple(entry["shape"]) or dtype != np.dtype(entry["dtype"]):
@@ -95,6 +97,12 @@ class TrajectoryDataset:
                 f.seek(0)
                 if hashlib.file_digest(f, "sha256").hexdigest() != entry["sha256"]:  # streams in chunks
                     raise self._error(rel, "sha256 checksum mismatch (contents changed or corrupted)")
+                if dtype.kind == "f" and rel.endswith("/obs.npy") and shape[0]:  # NaN obs: refused before training
+                    arr = np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape)
+                    bad = sum(int((~np.isfinite(arr[i:i + 65536])).sum()) for i in range(0, shape[0], 65536))
+                    del arr
+                    if bad:
+                        raise self._error(rel, f"holds {bad} non-finite observation values (NaN or inf)")
 
     def _header(self, f: Any, rel: str) -> tuple[tuple[int, ...], np.dtype, int]:
         """``(shape, dtype, data offset)`` of an open ``.npy`` file, checking that its size matches."""

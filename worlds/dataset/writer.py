@@ -131,6 +131,10 @@ class DatasetWriter:
                 raise ValueError(f"episode field {name!r} must have per-step shape {shape}, got {arr.shape[1:]}")
             if name == "obs" and arr.dtype != np.dtype(dtype):  # observations are never silently converted
                 raise ValueError(f"episode obs must have dtype {dtype} (the obs_spec), got {arr.dtype}")
+            if name == "obs" and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                t = int(np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1))[0])
+                raise ValueError(f"episode obs holds {int((~np.isfinite(arr)).sum())} non-finite values (NaN or inf), "
+                                 f"the first at step {t}; fix the world's observations before collecting")
             if name == "actions" and not np.can_cast(arr.dtype, dtype, casting="same_kind"):
                 raise ValueError(f"episode actions must have dtype {dtype}, got {arr.dtype}")
             out[name] = np.ascontiguousarray(arr, dtype=dtype)

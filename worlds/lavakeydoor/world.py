@@ -136,6 +136,7 @@ class LavaKeyDoor(VectorWorld):
     name = "lavakeydoor"
     families = L.FAMILIES
     ood_families = L.OOD_FAMILIES
+    view_position_concepts = ("agent_row", "agent_col")  # the 5x5 view is translated, never rotated
     obs_kind = "symbolic"
 
     def __init__(self, num_envs: int, params: LavaKeyDoorParams = LavaKeyDoorParams(), seed: int | None = None):

@@ -5,6 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -148,3 +153,67 @@ def test_load_model_through_the_registry(grid_source, tmp_path, kit):
     assert type(loaded) is type(model) and loaded.hparams == model.hparams
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), read_checkpoint(
         result.best_checkpoint)["state_dict"].values()))
+
+
+
+# A "zygote" imports torch and Lightning once, then forks one writer per round (imports take seconds
+# here, a fork milliseconds). Each writer resumes from the newest valid checkpoint and saves ~2 MB
+# checkpoints back to back, printing each step once its save returned, until the test SIGKILLs it.
+SAVE_LOOP = r"""
+import os, sys
+import torch
+torch.set_num_threads(1)
+from dynamics.training.checkpoint import AtomicCheckpointIO, find_resume_checkpoint, read_checkpoint
+
+folder, rounds = sys.argv[1], int(sys.argv[2])
+for _ in range(rounds):
+    pid = os.fork()
+    if pid == 0:
+        io, last = AtomicCheckpointIO(), find_resume_checkpoint(folder)
+        step = read_checkpoint(last)["global_step"] if last is not None else 0
+        print("ready", os.getpid(), step, flush=True)
+        while True:
+            step += 1
+            io.save_checkpoint({"global_step": step, "state_dict": {"model.w": torch.full((512, 1024), float(step))}},
+                               f"{folder}/last.ckpt")
+            print("saved", step, flush=True)
+    _, status = os.waitpid(pid, 0)
+    print("dead", os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
+def test_sigkill_at_five_random_moments_of_checkpoint_writes(tmp_path):
+    """A process saving checkpoints back to back is SIGKILLed 5 times at random (seeded) instants.
+
+    After every kill the last checkpoint loads, holds the weights of its own step (never a mix), its
+    step never goes backwards (neither across kills nor below a save the writer reported done), and
+    no temp file is ever taken for a checkpoint.
+    """
+    rng, steps = random.Random(5), []
+    zygote = subprocess.Popen([sys.executable, "-c", SAVE_LOOP, str(tmp_path), "5"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(5):
+            ready = zygote.stdout.readline().split()
+            assert ready[:1] == ["ready"], zygote.stderr.read()[-2000:] if zygote.poll() is not None else ready
+            assert int(ready[2]) == (steps[-1] if steps else 0), "the resumed step is the last one saved"
+            time.sleep(rng.uniform(0.05, 0.6))
+            os.kill(int(ready[1]), signal.SIGKILL)
+            done = []
+            for line in iter(zygote.stdout.readline, ""):
+                word, value = line.split()
+                if word == "dead":
+                    assert int(value) == -signal.SIGKILL
+                    break
+                done.append(int(value))
+            found = find_resume_checkpoint(tmp_path)
+            assert found is not None and found.name == "last.ckpt", "a temp file is never taken for a checkpoint"
+            ckpt = read_checkpoint(found)
+            step = ckpt["global_step"]
+            assert torch.equal(ckpt["state_dict"]["model.w"], torch.full((512, 1024), float(step))), "no mix of two saves"
+            assert step >= max(done, default=0) and step >= (steps[-1] if steps else 0), "the step never goes backwards"
+            steps.append(step)
+    finally:
+        zygote.kill()
+        zygote.communicate(timeout=30)
+    assert steps == sorted(steps) and steps[-1] > 0

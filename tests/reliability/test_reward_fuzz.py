@@ -3,6 +3,7 @@ text and compile to the same numbers as an independent numpy reference evaluator
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -220,3 +221,35 @@ def test_constraint_costs_match_reference(cond, seed):
     np.testing.assert_array_equal(out.costs[f"always {text}"].numpy(), 1 - violated)
     np.testing.assert_array_equal(out.costs[text].numpy(), 1 - violated)
     np.testing.assert_array_equal(out.cost.numpy(), 2 - violated)
+
+
+# -- (3) Python code in a reward is text, never run ---------------------------------------------------
+_AUDIT = {"on": False, "events": []}
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _AUDIT["on"] and event in ("exec", "compile", "os.system", "subprocess.Popen", "open", "import"):
+        _AUDIT["events"].append(event)
+
+
+sys.addaudithook(_audit)  # hooks cannot be removed; this one records only while a test switches it on
+
+INJECTIONS = ["__import__('os').system('touch PWNED')", "eval('1')", "exec('x=1')", "open('PWNED', 'w')",
+              "(lambda: 1)()", "s0.__class__.__mro__", "[c for c in ().__class__.__bases__]", "s0; import os",
+              "compile('1', 'x', 'eval')", "getattr(s0, '__globals__')", "s0 if True else b0", "f'{s0}'"]
+
+
+@settings(max_examples=300, **FAST)
+@given(st.sampled_from(INJECTIONS), st.sampled_from(["", "s0 + ", "never ", "p("]))
+def test_python_in_a_reward_never_compiles_imports_or_opens_anything(code, prefix):
+    text = prefix + code
+    _AUDIT["on"], _AUDIT["events"] = True, []
+    try:
+        for parse in (parse_expression, parse_constraint):
+            try:
+                parse(text)
+            except RewardError:
+                pass
+    finally:
+        _AUDIT["on"] = False
+    assert _AUDIT["events"] == [], f"parsing {text!r} triggered {_AUDIT['events']}"

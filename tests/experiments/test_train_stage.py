@@ -1,0 +1,48 @@
+"""The train stage's open-loop report (``open_loop.json``): seen / never-seen cells where the world says how."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dynamics import ActionSpec, ObsSpec, build_model
+from experiments.stages.train import evaluate_stage
+from worlds.collect import collect
+from worlds.dataset import TrajectoryDataset, action_spec_of, obs_spec_of
+from worlds.policies import make_policy
+from worlds.registry import make_world
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    world = make_world("lavakeydoor", num_envs=8, seed=0)
+    out = tmp_path_factory.mktemp("data") / "ds"
+    collect(world, make_policy("random"), 40, out, seed=0, progress=False, min_base_rate=0.0)
+    return out, world
+
+
+def test_seen_cells_are_reported_for_a_translated_grid_view(dataset, tmp_path):
+    path, world = dataset
+    torch.manual_seed(0)
+    model = build_model("rssm", ObsSpec.from_manifest(obs_spec_of(world)), ActionSpec.from_manifest(action_spec_of(world)),
+                        deter=32, hidden=32, embed=32, stoch=4, classes=4).train(False)
+    result = evaluate_stage(model, path, tmp_path, split="train", context=5, horizons=(1, 3))
+    assert result == json.loads((tmp_path / "open_loop.json").read_text())
+    assert set(result["model_seen_cells"]) == {"1", "3"}
+    frac = result["seen_fraction"]
+    assert 0.0 < frac["3"] <= frac["1"] <= 1.0  # looking further ahead reaches more of the map never seen
+    for k in ("1", "3"):
+        seen, allc = result["copy_seen_cells"][k]["estimate"], result["copy_last_frame"][k]["estimate"]
+        assert 0.0 <= seen <= 1.0 and 0.0 <= allc <= 1.0
+
+
+def test_no_seen_split_without_view_positions(dataset, tmp_path, monkeypatch):
+    path, world = dataset
+    monkeypatch.setattr(type(world), "view_position_concepts", None)
+    model = build_model("gru", ObsSpec.from_manifest(obs_spec_of(world)), ActionSpec.from_manifest(action_spec_of(world)),
+                        deter=16, hidden=16, embed=16).train(False)
+    result = evaluate_stage(model, path, tmp_path, split="train", context=5, horizons=(1,))
+    assert "model_seen_cells" not in result and "model" in result
+    assert TrajectoryDataset.open(path).world_name == "lavakeydoor"
