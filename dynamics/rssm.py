@@ -84,10 +84,15 @@ class RSSMConfig:
     accuracy at an equal number of steps (0.899 vs 0.906 after 1000 steps)."""
     overshoot_weight: float = 1.0
     """Weight of the overshooting reconstruction loss (mean over rolled-out frames)."""
-    gauss: int = 0
-    """Extra diagonal-Gaussian dims appended to a discrete ``stoch`` (0: none; discrete only)."""
     dyn_grad: float = 1.0
-    """Scale of the ``kl_dyn`` gradient that flows into ``deter`` through the prior head (1: plain)."""
+    """Scale of the ``kl_dyn`` gradient that flows into ``deter`` through the prior head (1: plain
+    DreamerV3; 0: the prior head learns from a frozen ``deter``). The loss value is unchanged. With a
+    Gaussian latent the unbounded Gaussian KL otherwise dominates what ``deter`` learns: on lavakeydoor
+    (1600 steps) ``stoch_kind="gaussian", stoch=64, dyn_grad=0.3`` reconstructs the context frames at
+    0.984 per cell instead of 0.964 (discrete default), and keeps rare objects (lava, key, doors, goal;
+    ~4% of cells) that the default almost never represents -- but predicts no better open loop (5 steps
+    0.909 vs 0.916, 15 steps 0.837 vs 0.852). For the discrete latent it does not help (3 at 600 steps:
+    within noise; 0 lowers 5-step accuracy from 0.91 to 0.86 and reconstruction not at all)."""
 
     def __post_init__(self) -> None:
         for name in ("deter", "stoch", "classes", "hidden", "embed", "conv_depth"):
@@ -101,8 +106,8 @@ class RSSMConfig:
             raise ValueError(f"overshoot must be >= 0 steps, got {self.overshoot!r}")
         if self.overshoot_weight < 0:
             raise ValueError(f"overshoot_weight must be >= 0, got {self.overshoot_weight!r}")
-        if self.gauss < 0 or (self.gauss and self.stoch_kind != "discrete"):
-            raise ValueError(f"gauss must be >= 0 and needs stoch_kind='discrete', got {self.gauss!r}")
+        if self.dyn_grad < 0:
+            raise ValueError(f"dyn_grad must be >= 0, got {self.dyn_grad!r}")
         if not 0.0 <= self.unimix < 1.0:
             raise ValueError(f"unimix must lie in [0, 1), got {self.unimix!r}")
 
@@ -117,9 +122,8 @@ class RSSM(DynamicsModel):
         self.obs_spec, self.action_spec, self.config = obs_spec, action_spec, config
         c = config
         self.discrete = c.stoch_kind == "discrete"
-        self.n_cat = c.stoch * c.classes if self.discrete else 0  # one-hot part of ``stoch``
-        self.stoch_dim = self.n_cat + c.gauss if self.discrete else c.stoch
-        stats = self.n_cat + 2 * c.gauss if self.discrete else 2 * c.stoch
+        self.stoch_dim = c.stoch * c.classes if self.discrete else c.stoch
+        stats = self.stoch_dim if self.discrete else 2 * c.stoch
         self.encoder = ObsEncoder(obs_spec, c.embed, c.hidden, c.encoder, c.conv_depth, c.symlog)
         self.decoder = ObsDecoder(obs_spec, c.deter + self.stoch_dim, c.hidden, c.encoder, c.conv_depth)
         # The GRU input and posterior layers read concatenations; they are split into one Linear per
@@ -251,7 +255,7 @@ class RSSM(DynamicsModel):
 
     def _probs(self, stats: Tensor) -> Tensor:
         """Categorical probabilities ``[... g k]`` with uniform mixing, from logits ``[... (g k)]``."""
-        probs = rearrange(stats[..., : self.n_cat], "... (g k) -> ... g k", k=self.config.classes).softmax(-1)
+        probs = rearrange(stats, "... (g k) -> ... g k", k=self.config.classes).softmax(-1)
         u = self.config.unimix
         return probs * (1 - u) + u / self.config.classes if u else probs
 
@@ -264,24 +268,13 @@ class RSSM(DynamicsModel):
         if not self.discrete:
             mean, std = self._gaussian(stats)
             return mean + std * torch.randn_like(std) if sample else mean
-        onehot = rearrange(straight_through(self._probs(stats), sample), "... g k -> ... (g k)")
-        if not self.config.gauss:
-            return onehot
-        mean, std = self._gaussian(stats[..., self.n_cat:])
-        return torch.cat([onehot, mean + std * torch.randn_like(std) if sample else mean], -1)
+        return rearrange(straight_through(self._probs(stats), sample), "... g k -> ... (g k)")
 
     def _kl(self, post: Tensor, prior: Tensor) -> Tensor:
         """KL(post || prior) summed over the latent dims: ``[...]``."""
         if self.discrete:
             p, q = self._probs(post), self._probs(prior)
-            kl = (p * (p.log() - q.log())).sum((-2, -1))
-            if not self.config.gauss:
-                return kl
-            return kl + self._gauss_kl(post[..., self.n_cat:], prior[..., self.n_cat:])
-        return self._gauss_kl(post, prior)
-
-    def _gauss_kl(self, post: Tensor, prior: Tensor) -> Tensor:
-        """KL between diagonal Gaussians given as statistics ``[... 2d]``, summed: ``[...]``."""
+            return (p * (p.log() - q.log())).sum((-2, -1))
         (m1, s1), (m2, s2) = self._gaussian(post), self._gaussian(prior)
         return (torch.log(s2 / s1) + (s1.square() + (m1 - m2).square()) / (2 * s2.square()) - 0.5).sum(-1)
 

@@ -22,7 +22,7 @@ writes ``overoptimisation.json`` and ``overoptimisation.png`` (:mod:`planning.ov
 true return as best-of-n and CEM pressure grow, open loop, for the learned model with the latent reward
 and, as a control, the oracle model with the true reward).
 
-Standalone (:func:`cmd_plan`): ``ontolab plan [CONFIG] run=RUN_DIR [key=value ...]`` plans with the model
+Standalone (:func:`experiments.stages.commands.cmd_plan`): ``ontolab plan [CONFIG] run=RUN_DIR [key=value ...]`` plans with the model
 and probes of a finished run (its ``config.yaml`` is the base config; outputs go to ``RUN_DIR/plan`` unless
 ``out=`` says otherwise), or ``ontolab plan [CONFIG] checkpoint=PATH ontology=PATH out=PATH`` with a
 dynamics checkpoint (a ``.ckpt`` file or a folder holding ``checkpoints/last.ckpt``) and a probes folder
@@ -32,7 +32,6 @@ dynamics checkpoint (a ``.ckpt`` file or a folder holding ``checkpoints/last.ckp
 from __future__ import annotations
 
 import csv
-import hashlib
 import inspect
 import io
 import time
@@ -43,9 +42,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from experiments.config import ConfigError, to_dict
-from experiments.provenance import atomic_write_text, write_config, write_json
-from experiments.schema import RunConfig, resolve
+from experiments.config import to_dict
+from experiments.provenance import atomic_write_text, write_json
+from experiments.schema import RunConfig
+from experiments.stages.inputs import checkpoint_of
 
 EPISODE_COLUMNS = ("planner", "model", "reward", "probe_method", "episode", "env", "true_return", "success",
                    "violations", "steps", "truncated", "ms_per_step")
@@ -130,11 +130,6 @@ def _latent_problem(spec, ontology, imaginable: set[str]) -> str | None:
 def _probe_method(spec, ontology) -> str | None:
     methods = sorted({ontology[u.name].method for u in spec.concepts() if u.name in ontology})
     return "+".join(methods) or None
-
-
-def checkpoint_of(dynamics: Path) -> Path:
-    """The checkpoint a dynamics path names: the file itself, or ``checkpoints/last.ckpt`` in a folder."""
-    return dynamics if dynamics.is_file() else dynamics / "checkpoints" / "last.ckpt"
 
 
 def run_plan(cfg: RunConfig, dynamics_dir: Path, probes_dir: Path, out: Path, *, progress: bool = True) -> dict[str, Any]:
@@ -354,120 +349,3 @@ def _write_csv(path: Path, header: tuple[str, ...], rows: list[list[Any]]) -> No
     w.writerow(header)
     w.writerows([["" if v is None else v for v in r] for r in rows])
     atomic_write_text(path, buf.getvalue())
-
-
-PATH_KEYS = ("run", "checkpoint", "ontology")
-"""``ontolab plan`` path keys, taken out of the overrides before the config is resolved (``dynamics=`` is
-the model-name alias and ``probes.*`` a config section, so the paths have names of their own)."""
-
-
-def _pop_paths(overrides: list[str]) -> tuple[dict[str, Path], list[str]]:
-    paths, rest = {}, []
-    for a in overrides:
-        key, _, value = a.partition("=")
-        if key.strip() in PATH_KEYS:
-            if not value.strip():
-                raise ConfigError(f"{key.strip()}= needs a path, got nothing")
-            paths[key.strip()] = Path(value.strip()).expanduser()
-        else:
-            rest.append(a)
-    return paths, rest
-
-
-def plan_inputs(args: list[str]) -> tuple[RunConfig, Path, Path, Path]:
-    """``(config, checkpoint, probes or ontology folder, out)`` of ``ontolab plan ARGS``, every input
-    checked before any work (one-line :class:`ConfigError` s)."""
-    import yaml
-
-    from experiments.cli import _split_args
-
-    config_file, overrides = _split_args(args)
-    paths, overrides = _pop_paths(overrides)
-    run = paths.get("run")
-    if run is None and not {"checkpoint", "ontology"} <= set(paths):
-        raise ConfigError("`ontolab plan` needs run=RUN_DIR (a folder made by `ontolab run`), or both "
-                          "checkpoint=PATH and ontology=PATH")
-    base = None
-    if run is not None:
-        if not run.is_dir():
-            raise ConfigError(f"run={run}: no such folder; give a run folder made by `ontolab run`")
-        if (run / "config.yaml").is_file():
-            try:
-                base = yaml.safe_load((run / "config.yaml").read_text()) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"run={run}: config.yaml is not valid YAML ({' '.join(str(e).split())})") from None
-            base.pop("out", None), base.pop("cache_dir", None)
-    dynamics = paths.get("checkpoint", run / "dynamics" if run is not None else None)
-    probes = paths.get("ontology", run / "probes" if run is not None else None)
-    ckpt = checkpoint_of(dynamics)
-    if not ckpt.is_file():
-        where = "checkpoint=" if "checkpoint" in paths else f"run={run}: "
-        raise ConfigError(f"{where}{dynamics} holds no dynamics checkpoint ({ckpt} missing); give a .ckpt file "
-                          "or a folder made by `ontolab train`")
-    if not probes.is_dir() or not ((probes / "ontology.json").is_file() or (probes / "ontology" / "ontology.json").is_file()):
-        where = "ontology=" if "ontology" in paths else f"run={run}: "
-        raise ConfigError(f"{where}{probes} holds no ontology (neither ontology.json nor ontology/ontology.json); "
-                          "give a probes folder or an ontology folder")
-    from dynamics.training import load_model
-
-    model = load_model(ckpt)  # a one-line CheckpointError if the file is not a dynamics checkpoint
-    base = dict(base or {})
-    base["dynamics"] = {"model": model.name, **(base.get("dynamics") or {})}  # the checkpoint's, unless configured
-    if not any(a.partition("=")[0].strip() == "out" for a in overrides):
-        if run is None:
-            raise ConfigError("`ontolab plan` with checkpoint= and ontology= needs out=FOLDER for its outputs")
-        overrides = [*overrides, f"out={run / 'plan'}"]
-    cfg = resolve(overrides, config_file, base)
-    if not cfg.plan.reward.strip():
-        raise ConfigError("`ontolab plan` needs a reward: plan.reward='-0.1 * steps_to_goal - 10 * in_lava' (for example)")
-    _check_model_and_ontology(cfg, model, ckpt, probes)
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out={cfg.out!r} is a file; give a folder for the planning outputs")
-    return cfg, ckpt, probes, out
-
-
-def _check_model_and_ontology(cfg: RunConfig, model, ckpt: Path, probes: Path) -> None:
-    """The checkpoint fits the world (observation and action specs) and the ontology reads the reward's concepts."""
-    from dynamics.base import ActionSpec, ObsSpec
-    from rewards import RewardSpec
-    from worlds.dataset import action_spec_of, obs_spec_of
-    from worlds.registry import make_world
-
-    if model.name != cfg.dynamics.model:  # the checkpoint decides the model; the config follows it
-        raise ConfigError(f"checkpoint {ckpt} holds a {model.name!r} model but dynamics.model={cfg.dynamics.model!r}; "
-                          f"set dynamics={model.name}")
-    world = make_world(cfg.world.name, num_envs=1, seed=cfg.seed, **cfg.world.params)
-    want = ObsSpec.from_manifest(obs_spec_of(world)), ActionSpec.from_manifest(action_spec_of(world))
-    if (model.obs_spec, model.action_spec) != want:
-        raise ConfigError(f"checkpoint {ckpt} was trained on observations {model.obs_spec.shape} ({model.obs_spec.kind}) "
-                          f"and {model.action_spec}, world {cfg.world.name!r} with these settings gives "
-                          f"{want[0].shape} ({want[0].kind}) and {want[1]}; pass the run's world settings")
-    ontology = _ontologies(probes, torch.device("cpu"))[0][1]
-    spec = RewardSpec(cfg.plan.reward, tuple(cfg.plan.constraints))
-    missing = sorted({u.name for u in spec.concepts()} - set(ontology.concepts))
-    if missing:
-        raise ConfigError(f"plan.reward uses {missing}, which the ontology at {probes} does not probe (it has: "
-                          f"{', '.join(ontology.concepts)}); probe them or change the reward")
-
-
-def cmd_plan(args: list[str]) -> int:
-    """``ontolab plan [CONFIG] run=RUN_DIR | checkpoint=PATH ontology=PATH [key=value ...]`` (see the module docstring)."""
-    from experiments.cli import pin_threads
-
-    cfg, ckpt, probes, out = plan_inputs(args)
-    pin_threads(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    write_config(cfg, out / "config.yaml")
-    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()[:16]
-    write_json({"checkpoint": str(ckpt.resolve()), "checkpoint_sha256_16": digest, "ontology": str(probes.resolve())},
-               out / "inputs.json")
-    metrics = run_plan(cfg, ckpt, probes, out)
-    for r in metrics["rows"]:
-        def fmt(e):
-            return "n/a" if e is None or e["estimate"] is None else f"{e['estimate']:.3g} [{e['ci_low']:.3g}, {e['ci_high']:.3g}]"
-        print(f"{r['planner']:>13} {str(r['model']):>8} {str(r['reward']):>7}  success {fmt(r['success_rate'])}  "
-              f"violations {fmt(r['violation_rate'])}  return {fmt(r['mean_true_return'])}")
-    print(f"episodes.csv, decisions.csv and metrics.json in {out}"
-          + (" (with overoptimisation.json/.png)" if "overoptimisation" in metrics else ""))
-    return 0

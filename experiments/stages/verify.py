@@ -39,7 +39,8 @@ import torch
 
 from experiments.config import ConfigError, to_dict
 from experiments.provenance import write_json
-from experiments.schema import RunConfig, resolve
+from experiments.schema import RunConfig
+from experiments.stages.inputs import checkpoint_of, no_actions, ontology_dir
 
 REACH = re.compile(r'\s*P(max|min)?\s*=\s*\?\s*\[\s*F\s*(?:<=\s*(\d+))?\s*"([A-Za-z_][A-Za-z0-9_]*)"\s*\]\s*')
 """Properties whose real-world event we measure: reachability of one label, bounded or not."""
@@ -217,14 +218,13 @@ def run_verify(cfg: RunConfig, data_path: Path, dynamics_path: Path, probes_path
     v = cfg.verify.for_world(cfg.world.name)
     spec = v.spec()
     device = torch.device(cfg.plan.device)
-    from experiments.stages.plan import checkpoint_of
 
     model = load_model(checkpoint_of(Path(dynamics_path)), expected_model=cfg.dynamics.model).to(device)
-    ontology = Ontology.load(_ontology_dir(Path(probes_path)), device=device)
+    ontology = Ontology.load(ontology_dir(Path(probes_path)), device=device)
     world = make_world(cfg.world.name, num_envs=1, seed=cfg.seed, **cfg.world.params)
     skipped: dict[str, str] = {}
     with torch.inference_mode():
-        imaginable = set(model.imagine(model.initial(1), _no_actions(model, device)).sites)
+        imaginable = set(model.imagine(model.initial(1), no_actions(model, device)).sites)
     try:
         spec.check(ontology)
         blind = [c for c in spec.concepts if ontology[c].site not in imaginable]
@@ -354,11 +354,6 @@ def _boundary(cfg, v, model, ontology, starts, make, uniform, device, skipped) -
     return {**rep.to_dict(), "compared": what}
 
 
-def _no_actions(model, device) -> torch.Tensor:
-    spec = model.action_spec
-    shape = (1, 0) if spec.discrete else (1, 0, spec.dim)
-    return torch.zeros(shape, dtype=torch.long if spec.discrete else torch.float32, device=device)
-
 
 def verify_summary(path: str | Path) -> list[dict[str, Any]]:
     """The ``summary.json`` ``"verify"`` rows ``{property, policy, probability, upper_bound, empirical, states}``
@@ -371,94 +366,3 @@ def verify_summary(path: str | Path) -> list[dict[str, Any]]:
     return [{k: r.get(k) for k in ("property", "policy", "probability", "upper_bound", "empirical", "states",
                                    "lower_bound", "empirical_ci", "agrees", "note")}
             for r in rows]
-
-
-def _ontology_dir(probes: Path) -> Path:
-    """The ontology folder a probes path names: the probe stage's folder (``ontology/`` in it) or the folder itself."""
-    return probes / "ontology" if (probes / "ontology" / "ontology.json").is_file() else probes
-
-
-def verify_inputs(args: list[str]) -> tuple[RunConfig, Path, Path, Path, Path]:
-    """``(config, dataset, checkpoint, ontology folder, out)`` of ``ontolab verify ARGS``, each input checked
-    before any work (one-line :class:`ConfigError` s). Same path keys as ``ontolab plan``."""
-    import yaml
-
-    from experiments.cli import _split_args
-    from experiments.stages.plan import _pop_paths, checkpoint_of
-
-    config_file, overrides = _split_args(args)
-    paths, overrides = _pop_paths(overrides)
-    run = paths.get("run")
-    if run is None and not {"checkpoint", "ontology"} <= set(paths):
-        raise ConfigError("`ontolab verify` needs run=RUN_DIR (a folder made by `ontolab run`), or checkpoint=PATH, "
-                          "ontology=PATH and data=DATASET")
-    base = None
-    if run is not None:
-        if not (run / "config.yaml").is_file():
-            raise ConfigError(f"run={run}: not a run folder (no config.yaml); give a folder made by `ontolab run`")
-        try:
-            base = yaml.safe_load((run / "config.yaml").read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"run={run}: config.yaml is not valid YAML ({' '.join(str(e).split())})") from None
-        base.pop("out", None), base.pop("cache_dir", None)
-        if not any(a.partition("=")[0].strip() == "out" for a in overrides):
-            if (run / "verify").is_symlink():
-                raise ConfigError(f"{run / 'verify'} is the pipeline's cached verify stage; give out=FOLDER for a "
-                                  f"standalone check")
-            overrides = [*overrides, f"out={run / 'verify'}"]
-    elif not any(a.partition("=")[0].strip() == "out" for a in overrides):
-        raise ConfigError("`ontolab verify` with checkpoint= and ontology= needs out=FOLDER for its outputs")
-    ckpt = checkpoint_of(paths.get("checkpoint", run / "dynamics" if run is not None else Path()))
-    onto = _ontology_dir(paths.get("ontology", run / "probes" if run is not None else Path()))
-    if not ckpt.is_file():
-        raise ConfigError(f"no dynamics checkpoint at {ckpt}; give checkpoint=FILE or a folder made by `ontolab train`")
-    if not (onto / "ontology.json").is_file():
-        raise ConfigError(f"no ontology at {onto} (no ontology.json); give ontology= a probes or ontology folder")
-    from dynamics.training import load_model
-
-    name = getattr(load_model(ckpt), "name", None)     # the checkpoint decides the model, unless configured
-    if name is not None:
-        base = dict(base or {})
-        base["dynamics"] = {"model": name, **(base.get("dynamics") or {})}
-    cfg = resolve(overrides, config_file, base)
-    if run is not None and not cfg.data.path:
-        data = run / "data" / "dataset" if (run / "data" / "dataset").is_dir() else run / "data"
-    elif cfg.data.path:
-        data = Path(cfg.data.path)
-    else:
-        raise ConfigError("`ontolab verify` with checkpoint= and ontology= needs data=DATASET (start states are "
-                          "filtered from its episodes)")
-    if not (data / "manifest.json").is_file() and not data.is_dir():
-        raise ConfigError(f"no dataset at {data}; give data= a folder made by `ontolab collect`")
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out={cfg.out!r} is a file; give a folder for the verify outputs")
-    return cfg, data, ckpt, onto, out
-
-
-def cmd_verify(args: list[str]) -> int:
-    """``ontolab verify [CONFIG] run=RUN_DIR [key=value ...]`` or ``... checkpoint=PATH ontology=PATH data=DATASET
-    out=FOLDER``.
-
-    With ``run=``, the run's resolved ``config.yaml`` is the base config (a CONFIG file and overrides go
-    on top), its ``data``/``dynamics``/``probes`` are used, and the output goes to ``RUN_DIR/verify``
-    unless ``out=`` is given. ``checkpoint=`` (a ``.ckpt`` file or a train folder) and ``ontology=`` (a
-    probes or ontology folder) override the run's, as in ``ontolab plan``.
-    """
-    from experiments.cli import pin_threads
-    from experiments.provenance import write_config
-
-    cfg, data, ckpt, onto, out = verify_inputs(args)
-    pin_threads(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    write_config(cfg, out / "config.yaml")
-    result = run_verify(cfg, data, ckpt, onto, out)
-    for r in result["rows"]:
-        emp = "n/a" if r["empirical"] is None else f"{r['empirical']:.3f}"
-        verdict = {True: "agrees", False: "DISAGREES", None: ""}[r["agrees"]]
-        print(f"{r['policy']:<22} {r['property']:<26} checked {r['probability']:.3f} "
-              f"[{r['lower_bound']:.3f}, {r['upper_bound']:.3f}]  real {emp}  states {r['states']}  {verdict}")
-    if result.get("skipped_stage"):
-        print(f"verify skipped: {result['skipped_stage']}")
-    print(f"metrics.json in {out}")
-    return 0

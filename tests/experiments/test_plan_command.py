@@ -13,7 +13,7 @@ from dynamics.training.checkpoint import META_KEY, AtomicCheckpointIO, model_met
 from experiments.config import ConfigError
 from experiments.provenance import write_config
 from experiments.schema import resolve
-from experiments.stages.plan import cmd_plan
+from experiments.stages.commands import cmd_plan
 from probes import LinearProbe, Normalizer, Ontology, OntologyEntry
 from worlds import make_world
 from worlds.errors import OntolabError

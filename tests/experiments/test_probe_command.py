@@ -14,7 +14,7 @@ import torch
 from dynamics import build_model
 from dynamics.training.checkpoint import META_KEY, AtomicCheckpointIO, model_meta
 from experiments.config import ConfigError
-from experiments.stages.probe import cmd_probe
+from experiments.stages.commands import cmd_probe
 from probes import Ontology
 from worlds import TrajectoryDataset, collect, make_policy, make_world
 

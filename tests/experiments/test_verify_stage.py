@@ -13,7 +13,8 @@ from dynamics.training.checkpoint import META_KEY, AtomicCheckpointIO, model_met
 from experiments.config import ConfigError
 from experiments.schema import resolve
 from experiments.stages.collect import run_collect
-from experiments.stages.verify import cmd_verify, run_verify, verify_summary
+from experiments.stages.commands import cmd_verify
+from experiments.stages.verify import run_verify, verify_summary
 from probes import LinearProbe, Normalizer, Ontology, OntologyEntry
 from worlds import make_world
 
