@@ -196,7 +196,29 @@ def probe_section(summary: dict[str, Any]) -> list[str]:
             "split (highest balanced accuracy, or R2 for scalars; ties to the simpler method); every number below "
             "is on held-out episodes with a 95% bootstrap CI over episodes. Baselines: the label prior, the same "
             "probe on a randomly initialised model, the same probe on the raw current observation. Every row is in "
-            "`probes/results.csv`.", "", table, ""]
+            "`probes/results.csv`.", "", table, ""] + model_checks_section(summary)
+
+
+CHECK_METRICS = ("state_consistency", "causal_sufficiency", "causal_sufficiency_null", "causal_necessity",
+                 "causal_necessity_null")
+
+
+def model_checks_section(summary: dict[str, Any]) -> list[str]:
+    """State consistency and the causal checks of the chosen probes (rows of ``results.csv``)."""
+    rows = [r for r in summary.get("probes") or [] if r["metric"] in CHECK_METRICS]
+    if not rows:
+        return []
+    by = {(r["concept"], r["metric"]): r for r in rows}
+    concepts = sorted({r["concept"] for r in rows})
+    return ["### Model-based checks of the chosen probes",
+            "*State consistency*: agreement of the probe's readings across different histories that reach the "
+            "same true state. *Causal sufficiency*: how often editing the latent along the probe direction makes "
+            "the imagined future change as the concept says, vs a random edit of the same norm (null). *Causal "
+            "necessity*: the rise of the model's prediction loss when LEACE erases the concept, vs a random "
+            "subspace of the same rank (null). 95% bootstrap CIs over episodes.", "",
+            _table(["concept", "state consistency", "sufficiency", "sufficiency (null)", "necessity: loss rise",
+                    "necessity (null)"],
+                   [[c, *(_ci(by.get((c, m))) for m in CHECK_METRICS)] for c in concepts]), ""]
 
 
 def planning_section(summary: dict[str, Any]) -> list[str]:

@@ -88,6 +88,13 @@ class ProbesSection:
     max_train_rows: int = field(20000, help="training rows for the non-linear methods (linear uses all)")
     imagination: bool = field(True, help="score the ontology's probes on imagined latents k = 1, 5, 15 steps ahead")
     imagination_stride: int = field(4, help="start an imagined rollout every this many steps")
+    state_consistency: bool = field(True, help="score whether the ontology's probes agree across test episodes that "
+                                               "reach the same true state (concept values)")
+    causal: bool = field(True, help="causal checks of the ontology's probes: sufficiency (edit along the probe, decode "
+                                    "the imagined future; where a scenario exists) and necessity (LEACE erasure vs a "
+                                    "random subspace; binary concepts with a linear probe)")
+    checks_episodes: int = field(200, help="test episodes (a seeded draw) for the state-consistency and causal checks")
+    causal_stride: int = field(4, help="start a causal-necessity rollout every this many steps")
 
     def __post_init__(self) -> None:
         from probes.registry import method_names
@@ -95,7 +102,7 @@ class ProbesSection:
         bad = [m for m in self.methods if m not in method_names()]
         if bad or not self.methods:
             raise ConfigError(f"probes.methods: unknown method(s) {bad or '(none)'}; known: {', '.join(method_names())}")
-        for k in ("n_boot", "max_train_rows", "imagination_stride"):
+        for k in ("n_boot", "max_train_rows", "imagination_stride", "checks_episodes", "causal_stride"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"probes.{k} must be a positive integer, got {getattr(self, k)}")
 

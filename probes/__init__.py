@@ -19,7 +19,7 @@ from probes.mdl import MDLResult, online_codelength
 from probes.metrics import concept_metrics, metric_names, prior_baseline
 from probes.mlp import MLPFitter, MLPProbe
 from probes.normalize import Normalizer, NormalizerFitter
-from probes.ontology import Ontology, OntologyEntry, select_ontology
+from probes.ontology import Ontology, OntologyEntry, method_ontologies, select_ontology
 from probes.registry import hparam_names, make_fitter, method_names
 from probes.results import ResultRow, read_results_csv, write_results_csv
 from probes.sae import SAEFitter, SAEProbe, SAEProbeFitter, SparseAutoencoder
@@ -72,6 +72,7 @@ __all__ = [
     "leace_erase",
     "make_fitter",
     "method_names",
+    "method_ontologies",
     "metric_names",
     "model_fingerprint",
     "observation_types",

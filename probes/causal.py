@@ -162,6 +162,11 @@ def key_door_scenario(episodes: Episodes, *, concept: str = "has_key", split: st
                     np.ones(len(rows), np.int64), check)
 
 
+SCENARIOS: dict[tuple[str, str], Callable[..., Scenario]] = {("lavakeydoor", "has_key"): key_door_scenario}
+"""``(world name, concept) -> factory(episodes, split=...) -> Scenario``: the decoded-future sufficiency tests
+that exist (the probe stage runs one for every ontology concept listed here)."""
+
+
 @dataclass(frozen=True)
 class SufficiencyResult:
     """Success rates of probe-direction edits and of same-norm random edits (see the module docstring)."""

@@ -25,7 +25,9 @@ latents of a randomly initialised model of the same architecture). ``baseline_me
 ``linear`` (batched, so the baselines cost little); pass ``baseline_method="mlp"`` for baselines as
 flexible as the MLP probes they sit beside (slower: one MLP fit per concept and site).
 
-The :class:`~probes.ontology.Ontology` is chosen from validation scores only (:data:`probes.ontology.RULE`).
+The :class:`~probes.ontology.Ontology` is chosen from validation scores only (:data:`probes.ontology.RULE`);
+the same rule applied to each method's probes alone gives one ontology per method
+(``HarnessResult.by_method``, saved as ``ontologies/<method>/``: planners compare methods by behaviour).
 
 Speed: linear fits use every training row; other methods train on at most ``max_train_rows[method]``
 rows (default 10000, drawn with ``seed``), so a default lavakeydoor run stays within minutes on CPU.
@@ -35,9 +37,10 @@ Concepts with one class (or a constant value) in the training split are skipped 
 
 from __future__ import annotations
 
+import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -48,13 +51,14 @@ from tqdm.auto import tqdm
 from probes.base import Probe, ProbeError
 from probes.codelength import coded_concept, compression_rows, mdl_subsample
 from probes.control import control_labels, observation_types, selectivity
-from probes.extract import LatentStore, write_json
+from probes.extract import LatentStore, temp_dir_for, write_json
 from probes.grids import DEFAULT_GRIDS, GridFit, as_tensor, fit_method
 from probes.metrics import concept_estimates, metric_objects, prior_predictions
-from probes.ontology import RULE, Ontology, select_ontology, validation_metric
+from probes.ontology import RULE, Ontology, method_ontologies, select_ontology, validation_metric
 from probes.registry import method_names
 from probes.results import ResultRow, write_results_csv
 from probes.stats import Estimate, bootstrap_seeds
+from worlds.atomic import publish_dir
 from worlds.concepts import Concept, ConceptSchema
 
 DEFAULT_MAX_TRAIN_ROWS: dict[str, int | None] = {"linear": None, "sparse": 10000, "mlp": 10000, "sae": 10000}
@@ -82,16 +86,33 @@ class HarnessResult:
     settings: Mapping[str, Any]
     seconds: float
 
+    by_method: Mapping[str, Ontology] = field(default_factory=dict)
+    """One ontology per fitted method (:func:`~probes.ontology.method_ontologies`), saved as ``ontologies/<method>/``."""
+    checks: Mapping[str, Any] = field(default_factory=dict)
+    """Details of model-based checks added by the caller (``harness.json`` ``"model_checks"``)."""
+
     def save(self, out_dir: str | Path) -> Path:
-        """Write ``results.csv``, ``ontology/`` and ``harness.json`` (settings, choices, skips) into ``out_dir``."""
+        """Write ``results.csv``, ``ontology/``, ``ontologies/<method>/`` and ``harness.json`` (settings, choices,
+        skips, checks) into ``out_dir``. ``ontologies/`` is published as one folder (no stale method is left)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_results_csv(self.rows, out / "results.csv")
         self.ontology.save(out / "ontology")
+        tmp = temp_dir_for(out / "ontologies")
+        try:
+            for method, onto in self.by_method.items():
+                if len(onto):
+                    onto.save(tmp / method)
+            publish_dir(tmp, out / "ontologies")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         join = lambda d: {"/".join(k): v for k, v in d.items()}  # noqa: E731
         write_json(out / "harness.json", {"settings": self.settings, "val_scores": join(self.val_scores),
                                           "hparams": join(self.hparams), "skipped": dict(self.skipped),
-                                          "seconds": self.seconds, "ontology": self.ontology.summary()})
+                                          "seconds": self.seconds, "ontology": self.ontology.summary(),
+                                          "ontologies": {m: o.summary() for m, o in self.by_method.items() if len(o)},
+                                          "model_checks": dict(self.checks)})
         return out
 
 
@@ -191,10 +212,12 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
                 rows += ctx.score_rows("random_model", site, task, xr, eval_splits)
                 bar.update(1)
 
-    ontology = select_ontology({k: (f.chosen[0], f.val_score) for k, f in fits.items()}, cs, store.site_shapes, sites)
+    candidates = {k: (f.chosen[0], f.val_score) for k, f in fits.items()}
+    ontology = select_ontology(candidates, cs, store.site_shapes, sites)
+    by_method = method_ontologies(candidates, cs, store.site_shapes, sites)
     return HarnessResult(tuple(rows), ontology, {k: f.chosen[0] for k, f in fits.items()},
                          {k: f.val_score for k, f in fits.items()}, {k: f.hparams for k, f in fits.items()},
-                         skipped, settings, time.perf_counter() - t0)
+                         skipped, settings, time.perf_counter() - t0, by_method)
 
 
 def _control_labels(store: LatentStore, cs: Sequence[Concept], used: Sequence[str], seed: int) -> dict[str, dict[str, np.ndarray]]:

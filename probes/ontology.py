@@ -4,7 +4,9 @@ An :class:`Ontology` is what later stages load: rewards read concepts through
 :meth:`Ontology.resolve` (the signature of ``rewards.compile.Resolver`` once a state is bound, see
 :meth:`Ontology.resolver`), planners apply it to imagined latents, the causal checks edit along
 its probes' directions. It is chosen by :func:`select_ontology` on the VALIDATION split only, by
-the rule in :data:`RULE`; the test and ood splits never influence it.
+the rule in :data:`RULE`; the test and ood splits never influence it. :func:`method_ontologies` applies
+the same rule to each probe method's candidates alone (one ontology per method, for comparing methods
+by the behaviour of planners that use them).
 
 On disk (``save(dir)`` / ``Ontology.load(dir)``; the folder is written under a temporary name and
 renamed into place; no pickle)::
@@ -202,3 +204,14 @@ def select_ontology(candidates: Mapping[tuple[str, str, str], tuple[Probe, float
         m, s, p, v = min(tied, key=lambda x: (method_rank(x[0]), list(site_order).index(x[1]) if x[1] in site_order else len(site_order)))
         entries[c.name] = OntologyEntry(c, m, s, tuple(int(i) for i in site_shapes[s]), fresh(p), validation_metric(c), float(v))
     return Ontology(entries)
+
+
+def method_ontologies(candidates: Mapping[tuple[str, str, str], tuple[Probe, float]], concepts: Sequence[Concept],
+                      site_shapes: Mapping[str, Sequence[int]], site_order: Sequence[str]) -> dict[str, Ontology]:
+    """``{method: Ontology}``: :func:`select_ontology` on each method's candidates alone (every concept -> that
+    method's best site, by the same rule), for every method with at least one candidate, in first-seen order.
+
+    Planners driven by each of them compare probe methods by the behaviour they produce."""
+    methods = list(dict.fromkeys(m for m, _, _ in candidates))
+    return {m: select_ontology({k: v for k, v in candidates.items() if k[0] == m}, concepts, site_shapes, site_order)
+            for m in methods}

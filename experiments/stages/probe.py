@@ -1,8 +1,30 @@
 """The probe stage: latents of the trained (and of a random) model, the probe harness, the ontology.
 
 Writes ``results.csv`` (one row per method x site x concept x split x metric, with a 95% CI),
-``ontology/`` (the chosen probe per concept, loaded by later stages), ``harness.json`` and the
-cached latents.
+``ontology/`` (the chosen probe per concept, loaded by later stages), ``ontologies/<method>/`` (the
+same rule restricted to one probe method: each concept -> that method's best site; the planning
+stage runs one learned-model planner per folder), ``harness.json`` and the cached latents.
+
+Model-based checks of the chosen ontology's probes (rows of ``results.csv`` with ``method, site`` =
+the concept's chosen probe; all on split ``"test"``: the held-out test episodes, at most
+``probes.checks_episodes`` of them drawn with the run seed; every interval a 95% bootstrap over
+episodes):
+
+- ``state_consistency`` (``probes.state_consistency``), every concept: agreement of the probe's
+  outputs across test episodes that reach the same true state (the tuple of all concept values),
+  :func:`probes.consistency.state_consistency`;
+- ``causal_sufficiency`` / ``causal_sufficiency_null`` (``probes.causal``), concepts with a
+  decoded-future scenario in :data:`probes.causal.SCENARIOS` (lavakeydoor: ``has_key``, set next to
+  a locked door): success rate of the probe-direction edit / of a same-norm random edit;
+- ``causal_necessity`` / ``causal_necessity_null`` (``probes.causal``), binary concepts whose chosen
+  probe reads a linear direction (linear, sparse): rise of the model's 5-step open-loop prediction
+  loss after LEACE erasure (fitted on the train split's latents) / after erasing a random subspace of
+  the same rank (mean of 3), rollouts every ``probes.causal_stride`` steps.
+
+Paired differences, edit norms and the other details go to ``harness.json`` ``"model_checks"``; a
+check that cannot run (no decoder, a site ``imagine`` does not produce, no shared state) is listed in
+``harness.json`` ``"skipped"`` (keys ``state_consistency:<method>/<site>``, ``causal_sufficiency[:<concept>]``,
+``causal_necessity[:<concept>]``) with the reason.
 
 Standalone (:func:`experiments.stages.commands.cmd_probe`): ``ontolab probe [CONFIG] data=PATH checkpoint=PATH out=PATH
 [key=value ...]`` fits the configured probe methods on a dataset (made by ``ontolab collect``) and a
@@ -16,9 +38,12 @@ model *name* (``dynamics=gru``), as in every other command. Beside the outputs g
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from experiments.config import ConfigError
@@ -72,8 +97,113 @@ def run_probe(cfg: RunConfig, data_path: Path, dynamics_dir: Path, out: Path, *,
                                                 n_boot=p.n_boot, seed=cfg.seed, stride=p.imagination_stride)
             except ProbeError as e:  # e.g. no held-out episode long enough for k = 15
                 skipped[f"imagined:{method}/{site}"] = str(e)
-    res = dataclasses.replace(res, rows=tuple(rows), skipped=skipped)
+    checks: dict[str, Any] = {}
+    if p.state_consistency or p.causal:
+        if "test" in ds.splits:
+            more, why, checks = _model_checks(cfg, model, ds, store, res.ontology)
+            rows += more
+            skipped.update(why)
+        else:
+            skipped["model_checks"] = "the dataset has no test split"
+    res = dataclasses.replace(res, rows=tuple(rows), skipped=skipped, checks=checks)
     res.save(out)
     return res
+
+
+LINEAR_READOUT = ("linear", "sparse")
+"""Probe methods whose readout is one linear direction (the causal-necessity check erases linearly)."""
+NECESSITY_HORIZON = 5
+NULL_DRAWS = 3
+
+
+def _est(e) -> dict[str, float]:
+    return {"estimate": e.estimate, "ci_low": e.lower, "ci_high": e.upper}
+
+
+def _model_checks(cfg: RunConfig, model, ds: TrajectoryDataset, store, ontology) -> tuple[list, dict[str, str], dict[str, Any]]:
+    """State consistency and causal checks of ``ontology``'s probes on the test episodes (module docstring):
+    ``(rows, skipped, details)``."""
+    from probes import ProbeError
+    from probes.causal import SCENARIOS, causal_necessity, causal_sufficiency
+    from probes.consistency import anchor_steps, as_episodes, concept_at, state_consistency, state_keys
+
+    p, t0 = cfg.probes, time.perf_counter()
+    eps = as_episodes(ds, "test")
+    n_all = len(eps)
+    if n_all > p.checks_episodes:  # a seeded draw keeps the checks' cost bounded on big datasets
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(n_all, p.checks_episodes, replace=False))
+        eps = [eps[int(i)] for i in keep]
+    rows: list = []
+    skipped: dict[str, str] = {}
+    details: dict[str, Any] = {"settings": {"split": "test", "episodes": len(eps), "test_episodes": n_all,
+                                            "causal_stride": p.causal_stride, "necessity_horizon": NECESSITY_HORIZON,
+                                            "null_draws": NULL_DRAWS, "sufficiency_edit": "direction"}}
+    kw = dict(split="test", n_boot=p.n_boot, seed=cfg.seed)
+    if p.state_consistency:
+        # The true state: the tuple of every concept value of the world (an abstract state; layouts differ per episode).
+        anchors = anchor_steps([len(e) for e in eps], 1, 0)
+        keys = state_keys({c: concept_at(eps, c, anchors) for c in eps[0].concepts})
+        pairs = np.unique(np.stack([keys, anchors[:, 0]], 1), axis=0)  # (state, episode) pairs
+        shared = np.flatnonzero(np.bincount(pairs[:, 0], minlength=keys.max() + 1) >= 2)
+        details["state_consistency"] = {"key": "tuple of all concept values", "states": int(len(np.unique(keys))),
+                                        "shared_states": int(len(shared)),
+                                        "steps_in_shared_states": int(np.isin(keys, shared).sum()), "steps": int(len(keys))}
+        by_site: dict[tuple[str, str], dict] = defaultdict(dict)
+        for name in ontology:
+            by_site[(ontology[name].method, ontology[name].site)][name] = ontology[name].probe
+        for (method, site), chosen in by_site.items():
+            try:
+                rows += state_consistency(model, eps, chosen, site, method=method, keys=keys, **kw)
+            except ProbeError as e:  # e.g. no true state reached in two episodes
+                skipped[f"state_consistency:{method}/{site}"] = str(e)
+    if p.causal:
+        suff, nec = {}, {}
+        no_scenario = [n for n in ontology if (cfg.world.name, n) not in SCENARIOS]
+        if no_scenario:
+            have = ", ".join("/".join(k) for k in SCENARIOS) or "(none)"
+            skipped["causal_sufficiency"] = (f"no decoded-future scenario for {cfg.world.name} concept(s) {no_scenario} "
+                                             f"(scenarios exist for: {have})")
+        for name in ontology:
+            if (cfg.world.name, name) not in SCENARIOS:
+                continue
+            e = ontology[name]
+            try:
+                r = causal_sufficiency(model, eps, e.probe, e.site, scenario=SCENARIOS[(cfg.world.name, name)](eps),
+                                       edit="direction", **kw)
+            except ProbeError as err:  # e.g. a site imagine() does not produce, or non-symbolic views
+                skipped[f"causal_sufficiency:{name}"] = str(err)
+                continue
+            if r.skipped:
+                skipped[f"causal_sufficiency:{name}"] = r.skipped
+                continue
+            rows += r.rows(e.method)
+            suff[name] = {"method": e.method, "site": e.site, "criterion": r.criterion, "success": _est(r.success),
+                          "null": _est(r.null), "difference": _est(r.difference), "edit_norm": r.edit_norm,
+                          "reached": r.reached, "num_anchors": r.num_anchors}
+        erasable = [n for n in ontology if ontology[n].concept.kind == "binary" and ontology[n].method in LINEAR_READOUT]
+        others = [n for n in ontology if n not in erasable]
+        if others:
+            skipped["causal_necessity"] = (f"only binary concepts read by a linear-direction probe ({', '.join(LINEAR_READOUT)}) "
+                                           f"are erased; not checked: {others}")
+        train = store.concepts("train")
+        for name in erasable:
+            e = ontology[name]
+            try:
+                r = causal_necessity(model, eps, e.concept, e.site, train_latents=np.array(store.site("train", e.site)),
+                                     train_labels=np.array(train[name]), horizon=NECESSITY_HORIZON,
+                                     null_draws=NULL_DRAWS, stride=p.causal_stride, **kw)
+            except ProbeError as err:  # e.g. episodes shorter than the horizon
+                skipped[f"causal_necessity:{name}"] = str(err)
+                continue
+            if r.skipped:
+                skipped[f"causal_necessity:{name}"] = r.skipped
+                continue
+            rows += r.rows(e.method)
+            nec[name] = {"method": e.method, "site": e.site, "rank": r.rank, "loss_clean": _est(r.loss_clean),
+                         "rise": _est(r.rise), "null_rise": _est(r.null_rise), "difference": _est(r.difference),
+                         "relative_rise": _est(r.relative_rise), "num_anchors": r.num_anchors}
+        details.update(causal_sufficiency=suff, causal_necessity=nec)
+    details["seconds"] = round(time.perf_counter() - t0, 2)
+    return rows, skipped, details
 
 

@@ -27,7 +27,8 @@ def _batches(n: int = 3, b: int = 2, t: int = 5):
 
 def test_cache_equals_observe_and_keeps_fields():
     torch.manual_seed(0)
-    model = build_model("rssm", SPEC, ActionSpec(True, n=3), deter=16, hidden=16, embed=8, stoch=2, classes=3).eval()
+    model = build_model("rssm", SPEC, ActionSpec(True, n=3), deter=16, hidden=16, embed=8, stoch=2, classes=3,
+                        stoch_kind="discrete").eval()
     cache = collect_sites(model, _batches(), sites=["deter", "feat"])
     assert len(cache) == 3 * 2 * 5 and cache.shapes == {"deter": (16,), "feat": (22,)}
     for i, batch in enumerate(_batches()):

@@ -18,7 +18,7 @@ from dynamics.spr import effective_rank, vicreg_terms
 torch.set_num_threads(1)
 
 SMALL = {"deter": 32, "hidden": 32, "embed": 16}
-SMALL_BY_MODEL = {"rssm": {**SMALL, "stoch": 4, "classes": 4}, "gru": SMALL, "spr": SMALL}
+SMALL_BY_MODEL = {"rssm": {**SMALL, "stoch": 4, "classes": 4, "stoch_kind": "discrete"}, "gru": SMALL, "spr": SMALL}
 OBS = {"symbolic": ObsSpec((3, 4, 4), "symbolic"), "image": ObsSpec((3, 20, 12), "image"), "vector": ObsSpec((5,), "vector")}
 ACT = {"discrete": ActionSpec(True, n=5), "continuous": ActionSpec(False, dim=2)}
 MOVES = torch.tensor([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]])

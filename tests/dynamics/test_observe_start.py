@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 
 SMALL = {"deter": 12, "hidden": 12, "embed": 12}
 CASES = [
-    ("rssm", {"stoch": 3, "classes": 4}),
+    ("rssm", {"stoch": 3, "classes": 4, "stoch_kind": "discrete"}),
     ("rssm", {"stoch": 4, "stoch_kind": "gaussian"}),
     ("gru", {}),
     ("spr", {}),
@@ -78,7 +78,7 @@ def test_start_changes_the_result_unless_the_step_resets():
     """``start`` is really used (a non-initial start gives other states) and a reset at step 0 ignores it."""
     obs_spec, action_spec = SPECS["symbolic"]
     torch.manual_seed(0)
-    model = build_model("rssm", obs_spec, action_spec, **SMALL, stoch=3, classes=4).train(False)
+    model = build_model("rssm", obs_spec, action_spec, **SMALL, stoch=3, classes=4, stoch_kind="discrete").train(False)
     obs, act, first = _sequence(obs_spec, action_spec, b=3, t=6)
     with torch.inference_mode():
         init = model.initial(3)

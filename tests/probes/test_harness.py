@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 
@@ -98,6 +99,24 @@ def test_planted_site_is_chosen_and_selective(synth):
     assert rows[("linear", "signal", "flag", "test", "compression")].estimate > rows[("linear", "noise", "flag", "test", "compression")].estimate
     assert rows[("linear", "signal", "room", "test", "compression")].estimate > rows[("linear", "signal", "room", "test", "compression_control")].estimate
     assert synth.skipped == {"random_model": "no random_store given"}
+
+
+def test_one_ontology_per_method_is_that_methods_validation_argmax(synth, tmp_path):
+    assert list(synth.by_method) == ["linear", "mlp"]
+    for m, onto in synth.by_method.items():
+        assert set(onto) == {"flag", "level", "room"}
+        for name in onto:
+            scores = {s: synth.val_scores[(m, s, name)] for s in ("signal", "noise")}
+            assert onto[name].method == m and onto[name].site == max(scores, key=scores.get) == "signal"
+            assert onto[name].val_score == scores["signal"]
+    assert synth.by_method["linear"].summary() == synth.ontology.summary()  # linear wins every tie and here every concept
+    out = synth.save(tmp_path / "probes")
+    for m in ("linear", "mlp"):
+        loaded = Ontology.load(out / "ontologies" / m)
+        assert loaded.summary() == synth.by_method[m].summary()
+    # a second save publishes the folder anew: a method no longer fitted leaves no stale ontology behind
+    dataclasses.replace(synth, by_method={"mlp": synth.by_method["mlp"]}).save(out)
+    assert sorted(p.name for p in (out / "ontologies").iterdir()) == ["mlp"]
 
 
 def test_permuting_test_labels_does_not_change_the_ontology(planted, synth, tmp_path):
