@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from dynamics.registry import model_config
 from experiments.cache import StageResult, run_lock, run_stage
 from experiments.config import ConfigError, to_dict
 from experiments.provenance import write_config, write_json
@@ -125,6 +126,8 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> RunResult:
             data_path = stages["data"].path / "dataset"
 
         dyn_section = {k: v for k, v in to_dict(cfg.dynamics).items() if k not in ("resume",)}
+        # the model's full hyperparameters, defaults included: a changed default retrains instead of reusing
+        dyn_section["resolved_hparams"] = dataclasses.asdict(model_config(cfg.dynamics.model, **cfg.dynamics.hparams))
         stage("dynamics", {"dynamics": dyn_section}, {"data": stages["data"].fingerprint},
               lambda tmp: train_with_fallback(cfg, data_path, tmp, progress, notes),
               resumable=True, resume=cfg.dynamics.resume)

@@ -284,3 +284,28 @@ def test_state_helpers_and_errors():
         model.observe(o, a.float(), first)
     state = model.observe(o, a, first)
     assert isinstance(state.at((slice(None), -1)), LatentState)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "discrete"])
+def test_dyn_grad_scales_only_the_kl_dyn_gradient_into_deter(kind):
+    """``dyn_grad`` leaves the loss value and the prior head's gradient alone and scales, linearly, the part
+    of the upstream (GRU) gradient that comes through the prior head."""
+    obs, act = OBS["symbolic"], ACT["discrete"]
+    o, a, first = random_batch(obs, act, 3, 6)
+    hp = {"stoch_kind": kind, "free_bits": 0.0} | ({"stoch": 4} if kind == "gaussian" else {})
+
+    def grads(g: float):
+        model = small("rssm", obs, act, seed=0, dyn_grad=g, **hp)
+        torch.manual_seed(1)  # the same posterior samples for every g
+        out = model.loss(o, a, first)
+        out.loss.backward()
+        return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    (l0, g0), (l1, g1), (lh, gh) = grads(0.0), grads(1.0), grads(0.3)
+    assert torch.allclose(l0, l1) and torch.allclose(lh, l1)
+    for name in g1:
+        if name.startswith("prior."):
+            assert torch.allclose(gh[name], g1[name], atol=1e-6), name
+    gru = "gru.weight_hh"
+    assert not torch.allclose(g0[gru], g1[gru])  # the prior head does send gradient into deter
+    assert torch.allclose(gh[gru], g0[gru] + 0.3 * (g1[gru] - g0[gru]), atol=1e-5)
