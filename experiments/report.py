@@ -113,7 +113,8 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
                   f"(see the report's leaderboard)", f"{summary['timings'].get('probes', 0):.1f}")
     for r in summary.get("planning") or []:
         if r.get("model") == "learned":
-            t.add_row("planning", f"{r['planner']} on the learned model + probe reward: success "
+            t.add_row("planning", f"{r['planner']} on the learned model + probe reward ({r.get('probe_method')} "
+                      f"probes): success "
                       f"{_ci(r['success_rate'])}, violations {_ci(r['violation_rate'])}",
                       f"{summary['timings'].get('planning', 0):.1f}")
     Console().print(t)

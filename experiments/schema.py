@@ -126,6 +126,8 @@ class PlanSection:
     context: int | None = field(None, help="filter each env's posterior from its last this many real steps (null: the whole episode)")
     n_boot: int = field(1000, help="bootstrap resamples (over episodes) for every confidence interval")
     device: str = field("cpu", help="torch device of the model, planners and probes, e.g. cuda")
+    per_method: bool = field(True, help="also plan with each probe method's own ontology (one learned-model row per "
+                                        "method), so methods are compared by the behaviour they produce")
     overoptimisation: bool = field(False, help="also measure proxy (imagined) vs true (real-world) return as planning "
                                                "pressure grows: planning/overoptimisation.json and .png")
     overopt_episodes: int = field(16, help="start states of the over-optimisation curve (plans executed open loop)")

@@ -45,7 +45,7 @@ import torch
 from experiments.config import to_dict
 from experiments.provenance import atomic_write_text, write_json
 from experiments.schema import RunConfig
-from experiments.stages.inputs import checkpoint_of
+from experiments.stages.inputs import checkpoint_of, no_actions
 
 EPISODE_COLUMNS = ("planner", "model", "reward", "probe_method", "episode", "env", "true_return", "success",
                    "violations", "steps", "truncated", "ms_per_step")
@@ -158,10 +158,11 @@ def run_plan(cfg: RunConfig, dynamics_dir: Path, probes_dir: Path, out: Path, *,
     spec.check(world.schema)
     model = load_model(checkpoint_of(dynamics_dir), expected_model=cfg.dynamics.model).to(device)
     ontologies = _ontologies(probes_dir, device)
+    if not p.per_method:  # only the chosen ontology (the per-method ones are still in the probes folder)
+        ontologies = ontologies[:1]
     oracle = oracle_model(world).to(device)
     with torch.inference_mode():
-        empty = torch.zeros(1, 0, dtype=torch.long) if model.action_spec.discrete else torch.zeros(1, 0, model.action_spec.dim)
-        imaginable = set(model.imagine(model.initial(1), empty.to(device)).sites)
+        imaginable = set(model.imagine(model.initial(1), no_actions(model, device)).sites)
     names, skipped = compatible_planners(tuple(p.planners), world.discrete_actions)
     n = world.num_envs
     main_ontology = ontologies[0][1]
