@@ -140,11 +140,22 @@ def pop_paths(overrides: list[str]) -> tuple[dict[str, Path], list[str]]:
     return paths, rest
 
 
+def run_config(run: Path) -> dict:
+    """A finished run's resolved ``config.yaml`` as the base config of a standalone command (its ``out`` and
+    ``cache_dir`` dropped: the command writes elsewhere)."""
+    import yaml
+
+    try:
+        base = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"run={run}: config.yaml is not valid YAML ({' '.join(str(e).split())})") from None
+    base.pop("out", None), base.pop("cache_dir", None)
+    return base
+
+
 def plan_inputs(args: list[str]) -> tuple[RunConfig, Path, Path, Path]:
     """``(config, checkpoint, probes or ontology folder, out)`` of ``ontolab plan ARGS``, every input
     checked before any work (one-line :class:`ConfigError` s)."""
-    import yaml
-
     from experiments.cli import _split_args
 
     config_file, overrides = _split_args(args)
@@ -158,11 +169,7 @@ def plan_inputs(args: list[str]) -> tuple[RunConfig, Path, Path, Path]:
         if not run.is_dir():
             raise ConfigError(f"run={run}: no such folder; give a run folder made by `ontolab run`")
         if (run / "config.yaml").is_file():
-            try:
-                base = yaml.safe_load((run / "config.yaml").read_text()) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"run={run}: config.yaml is not valid YAML ({' '.join(str(e).split())})") from None
-            base.pop("out", None), base.pop("cache_dir", None)
+            base = run_config(run)
     dynamics = paths.get("checkpoint", run / "dynamics" if run is not None else None)
     probes = paths.get("ontology", run / "probes" if run is not None else None)
     ckpt = checkpoint_of(dynamics)
@@ -247,8 +254,6 @@ def cmd_plan(args: list[str]) -> int:
 def verify_inputs(args: list[str]) -> tuple[RunConfig, Path, Path, Path, Path]:
     """``(config, dataset, checkpoint, ontology folder, out)`` of ``ontolab verify ARGS``, each input checked
     before any work (one-line :class:`ConfigError` s). Same path keys as ``ontolab plan``."""
-    import yaml
-
     from experiments.cli import _split_args
 
     config_file, overrides = _split_args(args)
@@ -261,11 +266,7 @@ def verify_inputs(args: list[str]) -> tuple[RunConfig, Path, Path, Path, Path]:
     if run is not None:
         if not (run / "config.yaml").is_file():
             raise ConfigError(f"run={run}: not a run folder (no config.yaml); give a folder made by `ontolab run`")
-        try:
-            base = yaml.safe_load((run / "config.yaml").read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"run={run}: config.yaml is not valid YAML ({' '.join(str(e).split())})") from None
-        base.pop("out", None), base.pop("cache_dir", None)
+        base = run_config(run)
         if not any(a.partition("=")[0].strip() == "out" for a in overrides):
             if (run / "verify").is_symlink():
                 raise ConfigError(f"{run / 'verify'} is the pipeline's cached verify stage; give out=FOLDER for a "

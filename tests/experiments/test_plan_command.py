@@ -8,14 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynamics import build_model
-from dynamics.training.checkpoint import META_KEY, AtomicCheckpointIO, model_meta
 from experiments.config import ConfigError
 from experiments.provenance import write_config
 from experiments.schema import resolve
 from experiments.stages.commands import cmd_plan
-from probes import LinearProbe, Normalizer, Ontology, OntologyEntry
-from worlds import make_world
 from worlds.errors import OntolabError
 
 HIDDEN = 8
@@ -26,25 +22,12 @@ REWARD = "plan.reward=-0.1 * steps_to_goal - 10 * in_lava"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory, tiny_run_files) -> Path:
     """A run folder as ``ontolab run`` leaves it: config.yaml, dynamics/checkpoints/last.ckpt, probes/ontology/."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("run")
-    world = make_world("lavakeydoor", 1, size=7)
-    torch.manual_seed(0)
-    model = build_model("gru", {"shape": list(world.single_observation_space.shape), "kind": "symbolic"},
-                        {"discrete": True, "n": 5}, deter=HIDDEN, hidden=HIDDEN, embed=HIDDEN)
-    ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, META_KEY: model_meta(model),
-            "global_step": 0}
-    AtomicCheckpointIO().save_checkpoint(ckpt, root / "dynamics" / "checkpoints" / "last.ckpt")
-    g = torch.Generator().manual_seed(0)
-    entries = {}
-    for n in ("in_lava", "steps_to_goal"):
-        c = world.schema[n]
-        probe = LinearProbe(c, Normalizer(torch.zeros(HIDDEN), torch.ones(HIDDEN)), {}, torch.randn(1, HIDDEN, generator=g),
-                            torch.full((1,), -1.0 if c.kind == "binary" else 5.0))
-        entries[n] = OntologyEntry(c, "linear", "deter", (HIDDEN,), probe, "r2" if c.kind == "scalar" else "balanced_accuracy", 0.9)
-    Ontology(entries).save(root / "probes" / "ontology")
+    tiny_run_files.checkpoint(root, HIDDEN)
+    tiny_run_files.ontology(root, ("in_lava", "steps_to_goal"), HIDDEN)
     write_config(resolve([*WORLD, "dynamics=gru", f"out={root}"]), root / "config.yaml")
     return root
 

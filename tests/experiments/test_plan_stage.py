@@ -9,14 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynamics import build_model
-from dynamics.training.checkpoint import META_KEY, AtomicCheckpointIO, model_meta
 from experiments.config import ConfigError
 from experiments.schema import resolve
 from experiments.stages.plan import run_plan
-from probes import LinearProbe, Normalizer, Ontology, OntologyEntry
 from probes.results import ResultRow, write_results_csv
-from worlds import make_world
 
 HIDDEN = 16
 BASE = ["world=lavakeydoor", "world.size=7", "world.max_steps=10", "dynamics=gru", f"dynamics.hparams.deter={HIDDEN}",
@@ -30,25 +26,12 @@ ROW_KEYS = {"planner", "model", "reward", "probe_method", "episodes", "success_r
 
 
 @pytest.fixture(scope="module")
-def run_dirs(tmp_path_factory) -> tuple[Path, Path]:
+def run_dirs(tmp_path_factory, tiny_run_files) -> tuple[Path, Path]:
     """``(dynamics_dir, probes_dir)`` as the earlier stages leave them, built directly (no training)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("run")
-    world = make_world("lavakeydoor", 1, size=7)
-    torch.manual_seed(0)
-    model = build_model("gru", {"shape": list(world.single_observation_space.shape), "kind": "symbolic"},
-                        {"discrete": True, "n": 5}, deter=HIDDEN, hidden=HIDDEN, embed=HIDDEN)
-    ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, META_KEY: model_meta(model),
-            "global_step": 0}
-    AtomicCheckpointIO().save_checkpoint(ckpt, root / "dynamics" / "checkpoints" / "last.ckpt")
-    g = torch.Generator().manual_seed(0)
-    entries = {}
-    for n in PROBED:
-        c = world.schema[n]
-        probe = LinearProbe(c, Normalizer(torch.zeros(HIDDEN), torch.ones(HIDDEN)), {}, torch.randn(1, HIDDEN, generator=g),
-                            torch.full((1,), -1.0 if c.kind == "binary" else 5.0))
-        entries[n] = OntologyEntry(c, "linear", "deter", (HIDDEN,), probe, "r2" if c.kind == "scalar" else "balanced_accuracy", 0.9)
-    Ontology(entries).save(root / "probes" / "ontology")
+    tiny_run_files.checkpoint(root, HIDDEN)
+    tiny_run_files.ontology(root, PROBED, HIDDEN)
     write_results_csv([ResultRow("linear", "deter", "in_lava", "test", "balanced_accuracy", 0.9, 0.85, 0.95),
                        ResultRow("linear", "deter", "steps_to_goal", "test", "r2", 0.8, 0.7, 0.9)],
                       root / "probes" / "results.csv")

@@ -8,15 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynamics import build_model
-from dynamics.training.checkpoint import META_KEY, AtomicCheckpointIO, model_meta
 from experiments.config import ConfigError
 from experiments.schema import resolve
 from experiments.stages.collect import run_collect
 from experiments.stages.commands import cmd_verify
 from experiments.stages.verify import run_verify, verify_summary
-from probes import LinearProbe, Normalizer, Ontology, OntologyEntry
-from worlds import make_world
 
 HIDDEN = 16
 BASE = ["world=lavakeydoor", "world.size=7", "world.max_steps=12", "dynamics=gru", f"dynamics.hparams.deter={HIDDEN}",
@@ -33,28 +29,14 @@ ROW_KEYS = {"property", "policy", "probability", "upper_bound", "empirical", "em
 
 
 @pytest.fixture(scope="module")
-def run_dirs(tmp_path_factory) -> tuple[Path, Path, Path]:
+def run_dirs(tmp_path_factory, tiny_run_files) -> tuple[Path, Path, Path]:
     """``(data, dynamics_dir, probes_dir)`` as the earlier stages leave them (no training)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("run")
     cfg = resolve(BASE)
     run_collect(cfg, root / "data", progress=False)
-    world = make_world("lavakeydoor", 1, size=7)
-    torch.manual_seed(0)
-    model = build_model("gru", {"shape": list(world.single_observation_space.shape), "kind": "symbolic"},
-                        {"discrete": True, "n": 5}, deter=HIDDEN, hidden=HIDDEN, embed=HIDDEN)
-    ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, META_KEY: model_meta(model),
-            "global_step": 0}
-    AtomicCheckpointIO().save_checkpoint(ckpt, root / "dynamics" / "checkpoints" / "last.ckpt")
-    g = torch.Generator().manual_seed(0)
-    entries = {}
-    for n in PROBED:
-        c = world.schema[n]
-        bias = {"binary": -0.5, "scalar": 2.0}[c.kind]
-        probe = LinearProbe(c, Normalizer(torch.zeros(HIDDEN), torch.ones(HIDDEN)), {},
-                            3 * torch.randn(1, HIDDEN, generator=g), torch.full((1,), bias))
-        entries[n] = OntologyEntry(c, "linear", "deter", (HIDDEN,), probe, "r2" if c.kind == "scalar" else "balanced_accuracy", 0.9)
-    Ontology(entries).save(root / "probes" / "ontology")
+    tiny_run_files.checkpoint(root, HIDDEN)
+    tiny_run_files.ontology(root, PROBED, HIDDEN, scale=3.0, biases={"binary": -0.5, "scalar": 2.0})
     return root / "data", root / "dynamics", root / "probes"
 
 
