@@ -161,6 +161,9 @@ def parse_sweep_args(args: Sequence[str]) -> SweepSpec:
             axes = [(k, v) for k, v in axes if k != key] + [(key, tuple(value))]
         else:
             overrides.append(f"{key}={raw}")
+    if not axes and seeds is None:  # (an explicit seeds=[s] is a one-point sweep, reported as such)
+        raise ConfigError("`ontolab sweep` needs a grid: several seeds (seeds=[0,1,2]) or a list-valued override "
+                          "(dynamics.lr=[0.001,0.003]); for a single run use `ontolab run`")
     out = out or Path("runs/sweep")
     return SweepSpec(config_file, tuple(overrides), tuple(axes), seeds, out, cache or out / "cache")
 

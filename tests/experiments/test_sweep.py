@@ -80,7 +80,8 @@ def test_every_grid_point_resolves_to_the_config_it_names(tmp_path):
 def test_without_axes_there_is_one_group_named_base(tmp_path):
     points = expand_grid(parse_sweep_args([f"out={tmp_path}", "seeds=[7]"]))
     assert [(p.group, p.name, p.seed) for p in points] == [("base", "base_seed-7", 7)]
-    assert expand_grid(parse_sweep_args([f"out={tmp_path}"]))[0].seed is None  # the config's seed
+    with pytest.raises(ConfigError, match="needs a grid"):  # no axis and no seeds: `ontolab run` is the command
+        parse_sweep_args([f"out={tmp_path}"])
 
 
 @pytest.mark.parametrize("args, needle", [

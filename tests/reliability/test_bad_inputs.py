@@ -63,6 +63,10 @@ CASES = [
     C("empty_key",               "collect =3 out={out}",                           "override '=3' must look like key=value"),
     C("missing_config_file",     "collect {tmp}/missing.yaml out={out}",           "missing.yaml' does not exist"),
     C("quickstart_with_a_file",  "quickstart myconfig.yaml out={out}",             "takes only key=value overrides"),
+    C("sweep_without_a_grid",    "sweep out={out}",                                "`ontolab sweep` needs a grid"),
+    C("sweep_bad_axis_value",    "sweep seeds=[0,1] dynamics.lr=[0.001,fast] out={out}", "dynamics.lr"),
+    C("compare_without_runs",    "compare out={out}",                              "needs at least one run folder"),
+    C("compare_not_a_run",       "compare {tmp} out={out}",                        "summary.json"),
     C("worlds_with_arguments",   "worlds extra",                                   "`ontolab worlds` takes no arguments"),
     C("train_without_dataset",   "train out={out}",                                "needs a dataset: data=PATH"),
     # -- config files and keys ----------------------------------------------------------------------------
