@@ -104,7 +104,9 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     model = (dyn.get("open_loop") or {}).get("model") or {}
     ol = ", ".join(f"k={k}: {v['estimate']:.3f}" for k, v in model.items())
     t.add_row("data", f"{d['episodes']} episodes, {d['transitions']} transitions", f"{summary['timings'].get('data', 0):.1f}")
-    t.add_row("dynamics", f"{dyn['model']}: open-loop per-cell accuracy {ol}", f"{summary['timings'].get('dynamics', 0):.1f}")
+    skipped = (dyn.get("open_loop") or {}).get("skipped")
+    quality = f"open-loop per-cell accuracy {ol}" if ol else f"open-loop evaluation skipped: {skipped or 'no result'}"
+    t.add_row("dynamics", f"{dyn['model']}: {quality}", f"{summary['timings'].get('dynamics', 0):.1f}")
     board = probe_leaderboard(summary)
     if board:
         good = sum(1 for b in board if b["test"] and b["random_model"] and b["test"]["estimate"] is not None
