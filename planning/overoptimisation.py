@@ -107,7 +107,7 @@ class OveroptimisationCurve:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types; every :class:`Estimate` becomes ``{estimate, ci_low, ci_high}``."""
         def plain(v: Any) -> Any:
-            return {"estimate": v.estimate, "ci_low": v.lower, "ci_high": v.upper} if isinstance(v, Estimate) else v
+            return v.as_json() if isinstance(v, Estimate) else v
 
         return {"label": self.label, "horizon": self.horizon, "episodes": self.episodes, "execution": self.execution,
                 "points": [{f.name: plain(getattr(p, f.name)) for f in fields(p)} for p in self.points]}

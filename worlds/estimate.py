@@ -37,5 +37,9 @@ class Estimate:
     def contains(self, value: float) -> bool:
         return self.lower <= value <= self.upper
 
+    def as_json(self) -> dict[str, float]:
+        """``{"estimate", "ci_low", "ci_high"}``: how results files and ``summary.json`` write an estimate."""
+        return {"estimate": self.estimate, "ci_low": self.lower, "ci_high": self.upper}
+
     def __str__(self) -> str:
         return f"{self.estimate:.4g} [{self.lower:.4g}, {self.upper:.4g}]"

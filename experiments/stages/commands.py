@@ -140,6 +140,18 @@ def pop_paths(overrides: list[str]) -> tuple[dict[str, Path], list[str]]:
     return paths, rest
 
 
+def split_run_args(args: list[str], missing: str) -> tuple[str | None, list[str], dict[str, Path], Path | None]:
+    """``(config file, overrides, paths, run folder or None)`` of ``[CONFIG] run=... | checkpoint=... ontology=...
+    key=value ...``; ``missing`` is the error when neither a run nor both checkpoint and ontology are given."""
+    from experiments.cli import _split_args
+
+    config_file, overrides = _split_args(args)
+    paths, overrides = pop_paths(overrides)
+    if "run" not in paths and not {"checkpoint", "ontology"} <= set(paths):
+        raise ConfigError(missing)
+    return config_file, overrides, paths, paths.get("run")
+
+
 def run_config(run: Path) -> dict:
     """A finished run's resolved ``config.yaml`` as the base config of a standalone command (its ``out`` and
     ``cache_dir`` dropped: the command writes elsewhere)."""
@@ -156,14 +168,8 @@ def run_config(run: Path) -> dict:
 def plan_inputs(args: list[str]) -> tuple[RunConfig, Path, Path, Path]:
     """``(config, checkpoint, probes or ontology folder, out)`` of ``ontolab plan ARGS``, every input
     checked before any work (one-line :class:`ConfigError` s)."""
-    from experiments.cli import _split_args
-
-    config_file, overrides = _split_args(args)
-    paths, overrides = pop_paths(overrides)
-    run = paths.get("run")
-    if run is None and not {"checkpoint", "ontology"} <= set(paths):
-        raise ConfigError("`ontolab plan` needs run=RUN_DIR (a folder made by `ontolab run`), or both "
-                          "checkpoint=PATH and ontology=PATH")
+    config_file, overrides, paths, run = split_run_args(args, "`ontolab plan` needs run=RUN_DIR (a folder made by "
+                                                        "`ontolab run`), or both checkpoint=PATH and ontology=PATH")
     base = None
     if run is not None:
         if not run.is_dir():
@@ -254,14 +260,8 @@ def cmd_plan(args: list[str]) -> int:
 def verify_inputs(args: list[str]) -> tuple[RunConfig, Path, Path, Path, Path]:
     """``(config, dataset, checkpoint, ontology folder, out)`` of ``ontolab verify ARGS``, each input checked
     before any work (one-line :class:`ConfigError` s). Same path keys as ``ontolab plan``."""
-    from experiments.cli import _split_args
-
-    config_file, overrides = _split_args(args)
-    paths, overrides = pop_paths(overrides)
-    run = paths.get("run")
-    if run is None and not {"checkpoint", "ontology"} <= set(paths):
-        raise ConfigError("`ontolab verify` needs run=RUN_DIR (a folder made by `ontolab run`), or checkpoint=PATH, "
-                          "ontology=PATH and data=DATASET")
+    config_file, overrides, paths, run = split_run_args(args, "`ontolab verify` needs run=RUN_DIR (a folder made by "
+                                                        "`ontolab run`), or checkpoint=PATH, ontology=PATH and data=DATASET")
     base = None
     if run is not None:
         if not (run / "config.yaml").is_file():

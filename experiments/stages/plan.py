@@ -64,7 +64,7 @@ def skip_reason(cfg: RunConfig) -> str | None:
 
 
 def _est(e: Any) -> dict[str, float] | None:
-    return None if e is None else {"estimate": e.estimate, "ci_low": e.lower, "ci_high": e.upper}
+    return None if e is None else e.as_json()
 
 
 def _planner_classes() -> dict[str, type]:

@@ -116,10 +116,6 @@ NECESSITY_HORIZON = 5
 NULL_DRAWS = 3
 
 
-def _est(e) -> dict[str, float]:
-    return {"estimate": e.estimate, "ci_low": e.lower, "ci_high": e.upper}
-
-
 def _model_checks(cfg: RunConfig, model, ds: TrajectoryDataset, store, ontology) -> tuple[list, dict[str, str], dict[str, Any]]:
     """State consistency and causal checks of ``ontology``'s probes on the test episodes (module docstring):
     ``(rows, skipped, details)``."""
@@ -177,8 +173,8 @@ def _model_checks(cfg: RunConfig, model, ds: TrajectoryDataset, store, ontology)
                 skipped[f"causal_sufficiency:{name}"] = r.skipped
                 continue
             rows += r.rows(e.method)
-            suff[name] = {"method": e.method, "site": e.site, "criterion": r.criterion, "success": _est(r.success),
-                          "null": _est(r.null), "difference": _est(r.difference), "edit_norm": r.edit_norm,
+            suff[name] = {"method": e.method, "site": e.site, "criterion": r.criterion, "success": r.success.as_json(),
+                          "null": r.null.as_json(), "difference": r.difference.as_json(), "edit_norm": r.edit_norm,
                           "reached": r.reached, "num_anchors": r.num_anchors}
         erasable = [n for n in ontology if ontology[n].concept.kind == "binary" and ontology[n].method in LINEAR_READOUT]
         others = [n for n in ontology if n not in erasable]
@@ -199,9 +195,9 @@ def _model_checks(cfg: RunConfig, model, ds: TrajectoryDataset, store, ontology)
                 skipped[f"causal_necessity:{name}"] = r.skipped
                 continue
             rows += r.rows(e.method)
-            nec[name] = {"method": e.method, "site": e.site, "rank": r.rank, "loss_clean": _est(r.loss_clean),
-                         "rise": _est(r.rise), "null_rise": _est(r.null_rise), "difference": _est(r.difference),
-                         "relative_rise": _est(r.relative_rise), "num_anchors": r.num_anchors}
+            nec[name] = {"method": e.method, "site": e.site, "rank": r.rank, "loss_clean": r.loss_clean.as_json(),
+                         "rise": r.rise.as_json(), "null_rise": r.null_rise.as_json(), "difference": r.difference.as_json(),
+                         "relative_rise": r.relative_rise.as_json(), "num_anchors": r.num_anchors}
         details.update(causal_sufficiency=suff, causal_necessity=nec)
     details["seconds"] = round(time.perf_counter() - t0, 2)
     return rows, skipped, details

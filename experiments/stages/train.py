@@ -99,7 +99,7 @@ def evaluate_stage(model, data_path: Path, out: Path, *, split: str = "test", co
                                  groups=w["episode"], positions=w.get("positions"))
 
         def est(d):
-            return {str(k): {"estimate": e.estimate, "ci_low": e.lower, "ci_high": e.upper} for k, e in d.items()}
+            return {str(k): e.as_json() for k, e in d.items()}
 
         result = {"split": split, "metric": rep.metric, "context": context, "windows": rep.num_windows,
                   "episodes": int(w["episode"].unique().numel()),
