@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from dynamics.balance import ClassBalance
 from dynamics.base import ActionSpec, DynamicsModel, LatentState, LossOutput, ObsSpec
 from dynamics.networks import (ENCODER_KINDS, ObsDecoder, ObsEncoder, check_sequence, decode_with,
                                embed_actions, flatten_bt, mlp, plain_specs, recon_loss)
@@ -112,6 +113,19 @@ class RSSMConfig:
     categoricals); with ``overshoot=1`` it does (class docstring). 0.1 reconstructs even better (0.993)
     but predicts worse (5 steps, seen cells, 150 windows: 0.920 vs 0.929). For the categorical latent it
     does not help (3: within noise at 600 steps; 0 lowers 5-step accuracy from 0.91 to 0.86)."""
+    recon_balance: float = 0.5
+    """Class-balanced reconstruction of symbolic observations (ignored for image / vector ones): each
+    cell's cross-entropy is weighted by ``freq(class) ** -recon_balance`` (running counts over the
+    training batches) and decoded logits are corrected back to calibrated probabilities
+    (:mod:`dynamics.balance`); 0 is the plain cross-entropy. Measured on lavakeydoor (1600 steps, 1
+    thread, batch 16x32; 150 held-out windows; probes: logistic regression / MLP on ``feat`` of 16
+    held-out 500-step streams), 0 / 0.25 / 0.5 (two seeds): recall of the observed frame's lava
+    0.61 / 0.70 / 0.88, key 0.10 / 0.62 / 0.90, goal 0.11 / 0.72 / 0.92; concepts read from the latent:
+    ``key_visible`` 0.81 / 0.99 / 0.97, ``door_open`` 0.87 / 0.94 / 0.98, ``goal_visible`` 0.72 / 0.82 /
+    0.82 (balanced accuracy) -- at the price of per-cell accuracy 5 steps open loop on seen cells,
+    0.938 / 0.929 / 0.919 (the common empty/wall cells get less of the loss). The default is 0.5:
+    ontolab asks what a latent *represents*, and at 0 the model almost never represents the objects
+    that carry the concepts. ``has_key`` (remembered, never shown) stays at ~0.75 for all three."""
 
     def __post_init__(self) -> None:
         for name in ("deter", "stoch", "classes", "hidden", "embed", "conv_depth"):
@@ -127,6 +141,9 @@ class RSSMConfig:
             raise ValueError(f"overshoot_weight must be >= 0, got {self.overshoot_weight!r}")
         if self.dyn_grad < 0:
             raise ValueError(f"dyn_grad must be >= 0, got {self.dyn_grad!r}")
+        if not 0.0 <= self.recon_balance <= 2.0:
+            raise ValueError(f"recon_balance must lie in [0, 2] (0.5 weights a class 10x rarer ~3x more), "
+                             f"got {self.recon_balance!r}")
         if not 0.0 <= self.unimix < 1.0:
             raise ValueError(f"unimix must lie in [0, 1), got {self.unimix!r}")
 
@@ -156,6 +173,8 @@ class RSSM(DynamicsModel):
         self.post_deter = nn.Linear(c.deter, c.hidden, bias=False)
         self.post_embed = nn.Linear(c.embed, c.hidden)
         self.post_out = nn.Sequential(nn.LayerNorm(c.hidden), nn.SiLU(), nn.Linear(c.hidden, stats))
+        self.balance = (ClassBalance(obs_spec.shape[0], c.recon_balance)
+                        if c.recon_balance > 0 and obs_spec.kind == "symbolic" else None)
 
     # -- interface ------------------------------------------------------------------------------
     @property
@@ -202,7 +221,8 @@ class RSSM(DynamicsModel):
 
     def decode(self, state: LatentState) -> Tensor:
         """Predicted observation ``[*lead *obs]`` from ``feat[*lead f]`` (channel logits for symbolic obs)."""
-        return decode_with(self.decoder, state["feat"], self.obs_spec, self.config.symlog)
+        out = decode_with(self.decoder, state["feat"], self.obs_spec, self.config.symlog)
+        return out if self.balance is None else self.balance.adjust(out)
 
     def loss(self, obs: Tensor, actions: Tensor, is_first: Tensor) -> LossOutput:
         c = self.config
@@ -211,7 +231,9 @@ class RSSM(DynamicsModel):
         if c.dyn_grad != 1.0:  # same value, gradient into deter scaled by dyn_grad
             deter = deter.detach() + c.dyn_grad * (deter - deter.detach())
         prior = self.prior(deter)
-        recon = recon_loss(self.decoder(flatten_bt(state["feat"])), flatten_bt(obs), self.obs_spec, c.symlog).mean()
+        if self.balance is not None and self.training:
+            self.balance.update(obs)
+        recon = self._recon(self.decoder(flatten_bt(state["feat"])), flatten_bt(obs)).mean()
         dyn = self._kl(post.detach(), prior)
         rep = self._kl(post, prior.detach())
         loss = (recon + c.kl_dyn * dyn.clamp(min=c.free_bits).mean()
@@ -225,11 +247,17 @@ class RSSM(DynamicsModel):
         return LossOutput(loss, {k: v.detach() for k, v in metrics.items()}, state.map(torch.Tensor.detach))
 
     # -- internals ------------------------------------------------------------------------------
+    def _recon(self, pred: Tensor, target: Tensor) -> Tensor:
+        """Per-observation reconstruction loss ``[N]`` (class-balanced when ``recon_balance > 0``)."""
+        if self.balance is not None:
+            return self.balance.loss(pred, target)
+        return recon_loss(pred, target, self.obs_spec, self.config.symlog)
+
     def _overshoot_loss(self, state: LatentState, obs: Tensor, actions: Tensor, is_first: Tensor) -> Tensor:
         """Mean reconstruction loss of prior rollouts ``H`` steps from the posterior states (observation
         overshooting, cf. PlaNet's latent overshooting): trains exactly what open-loop prediction uses.
         Rollout steps that cross an episode start are masked out."""
-        c, h = self.config, self.config.overshoot
+        h = self.config.overshoot
         starts = torch.arange(obs.shape[1] - h, device=obs.device)  # [n]
         steps = starts[:, None] + torch.arange(1, h + 1, device=obs.device)  # [n H]: steps reached
         deter = rearrange(state["deter"][:, starts], "b n d -> (b n) d")
@@ -243,7 +271,7 @@ class RSSM(DynamicsModel):
             out.append(torch.cat([deter, stoch], -1))
         feat = torch.stack(out, 1)  # [(b n) H f]
         target = rearrange(obs[:, steps], "b n h ... -> (b n h) ...")
-        per = recon_loss(self.decoder(flatten_bt(feat)), target, self.obs_spec, c.symlog)  # [(b n H)]
+        per = self._recon(self.decoder(flatten_bt(feat)), target)  # [(b n H)]
         resets = is_first.long().cumsum(1)  # a rollout from s is valid at s + k iff no start in (s, s + k]
         valid = (resets[:, steps] == resets[:, starts, None]).flatten().to(per.dtype)
         return (per * valid).sum() / valid.sum().clamp(min=1.0)

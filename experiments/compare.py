@@ -5,8 +5,9 @@ method and baseline at the site the run's ontology chose for that concept, with 
 (test, out-of-distribution, imagined k = 5, selectivity), the planning rows, and the plots of
 :mod:`experiments.plots` with one series per run x method. It writes ``DIR/report.md``,
 ``DIR/compare.csv`` (every probe row of every run, with a ``run`` column) and ``DIR/plots/*.png``.
-``out`` defaults to ``compare`` in the current folder. Runs are labelled by their folder names
-(the parent folder is added where two names clash).
+Each run's score-by-site-x-training-step heatmap (``probes/by_checkpoint.csv``) is drawn as
+``DIR/plots/by_checkpoint-<run>.png`` under "Where and when". ``out`` defaults to ``compare`` in the
+current folder. Runs are labelled by their folder names (the parent folder is added where two names clash).
 
 The helpers :func:`chosen_site_rows` and :func:`leaderboard_markdown` are shared with
 :mod:`experiments.sweep`, which renders aggregated rows of the same shape.
@@ -17,18 +18,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from experiments.config import ConfigError
-from experiments.plots import (BASELINES, main_metric, markdown_plots, planning_label, plot_accuracy_vs_selectivity,
-                               plot_imagination, plot_open_loop, plot_planning, plot_probe_metrics, run_plot_jobs)
+from experiments.plots import (BASELINES, NothingToPlot, main_metric, markdown_plots, planning_label,
+                               plot_accuracy_vs_selectivity, plot_by_checkpoint, plot_imagination, plot_open_loop,
+                               plot_planning, plot_probe_metrics, run_plot_jobs)
 from experiments.provenance import atomic_write_text
 
 CHOSEN = "chosen"
 """Site name given to rows read at the ontology's chosen site (sites differ per concept and per run)."""
-ANYWHERE = ("prior", "observation")
+ANYWHERE = ("prior", "observation", "history")
 """Baselines that do not read a latent site: their row at any site is used."""
 
 
@@ -143,6 +146,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         "planning": lambda p: plot_planning(plan, p),
         "open_loop": lambda p: plot_open_loop(open_loop, p),
     }, out / "plots")
+    where_when = by_checkpoint_plots(run_dirs, labels, summaries, out / "plots")
     _write_csv(out / "compare.csv", labels, summaries)
     parts = [f"# ontolab compare: {', '.join(labels)}", "",
              "Every probe method and baseline at the site each run's ontology chose for the concept (`*`: the "
@@ -155,9 +159,32 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     if plan:
         parts += ["## Planning", "", *planning_markdown(plan)]
     parts += markdown_plots(plots, out)
+    parts += ["## Where and when", "", "Per run: the linear probe's test score at every site (rows) on every training "
+              "snapshot and the final model (columns); rows with 95% CIs in each run's `probes/by_checkpoint.csv`.", ""]
+    for label, p in where_when.items():
+        parts += [f"### {label}", "", f"![by_checkpoint {label}]({p.resolve().relative_to(out.resolve()).as_posix()})"
+                  if isinstance(p, Path) else f"Not drawn ({p}).", ""]
     report = out / "report.md"
     atomic_write_text(report, "\n".join(parts))
     return report
+
+
+def by_checkpoint_plots(run_dirs: Sequence[Path], labels: Sequence[str], summaries: Sequence[Mapping[str, Any]],
+                        folder: Path) -> dict[str, Path | str]:
+    """Each run's score-by-site-x-training-step heatmap as ``folder/by_checkpoint-<label>.png``: ``{label: path or
+    the reason it was not drawn}``. Rows from ``summary.json``, else from the run's ``probes/by_checkpoint.csv``."""
+    from experiments.stages.by_checkpoint import FILE, read_by_checkpoint_csv
+
+    out: dict[str, Path | str] = {}
+    for run, label, s in zip(run_dirs, labels, summaries):
+        path = folder / f"by_checkpoint-{re.sub(r'[^A-Za-z0-9_.-]+', '_', label).strip('_')}.png"
+        rows = s.get("probes_by_checkpoint") or read_by_checkpoint_csv(Path(run) / "probes" / FILE)
+        try:
+            out[label] = plot_by_checkpoint(rows, path, title=f"{label}: linear probe score by site x training step")
+        except NothingToPlot as e:
+            path.unlink(missing_ok=True)
+            out[label] = str(e)
+    return out
 
 
 def _write_csv(path: Path, labels: Sequence[str], summaries: Sequence[Mapping[str, Any]]) -> None:

@@ -240,6 +240,7 @@ def verify_rows(stages: dict[str, StageResult]) -> list[dict[str, Any]]:
 
 def build_summary(cfg: RunConfig, data_path: Path, stages: dict[str, StageResult], seconds: float) -> dict[str, Any]:
     """The ``summary.json`` object (schema in the README; keys are only ever added, never renamed)."""
+    from experiments.stages.by_checkpoint import read_by_checkpoint_csv
     from probes.results import read_results_csv
     from worlds.dataset import TrajectoryDataset
 
@@ -265,6 +266,7 @@ def build_summary(cfg: RunConfig, data_path: Path, stages: dict[str, StageResult
             "steps": metrics.get("steps"),
         },
         "probes": [r.to_dict() for r in read_results_csv(stages["probes"].path / "results.csv")],
+        "probes_by_checkpoint": read_by_checkpoint_csv(stages["probes"].path / "by_checkpoint.csv"),
         "ontology": json.loads((stages["probes"].path / "harness.json").read_text())["ontology"],
         **planning_summary(stages),
         "verify": verify_rows(stages),

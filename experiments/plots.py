@@ -10,7 +10,9 @@ returns the path. Input with nothing to draw raises :class:`NothingToPlot` namin
 - :func:`plot_accuracy_vs_selectivity`: every probe's held-out score against its selectivity;
 - :func:`plot_imagination`: a probe's score on real latents (k = 0) and on latents imagined k steps ahead;
 - :func:`plot_planning`: success and violation rate per planner x model x probe method;
-- :func:`plot_open_loop`: the dynamics model's open-loop accuracy vs k against copying the last frame.
+- :func:`plot_open_loop`: the dynamics model's open-loop accuracy vs k against copying the last frame;
+- :func:`plot_by_checkpoint`: per concept, a heatmap of the linear probe's score over site x training step
+  (McGrath et al. 2022's what-when-where view; rows of ``probes/by_checkpoint.csv``).
 
 Axes of R2 are clipped below at -1 (an untrained probe's R2 interval can reach -100); an interval that
 leaves the axis is drawn to its edge.
@@ -31,7 +33,7 @@ import numpy as np  # noqa: E402
 
 from worlds.atomic import atomic_write_bytes  # noqa: E402
 
-BASELINES = ("prior", "random_model", "observation")
+BASELINES = ("prior", "random_model", "observation", "history")
 IMAGINED = {"test": 0, "imagined_k1": 1, "imagined_k5": 5, "imagined_k15": 15}
 R2_FLOOR = -1.0
 
@@ -268,11 +270,56 @@ def plot_open_loop(open_loop: Mapping[str, Mapping[str, Any]], path: str | Path,
     return save_figure(fig, path)
 
 
+def plot_by_checkpoint(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: str | None = None) -> Path:
+    """Per concept a heatmap: rows = site, columns = training step, colour and printed value = the probe's score.
+
+    ``rows``: dicts with step, site, concept, metric, estimate (ci_low, ci_high unused: they are in the CSV).
+    Colour runs from chance to perfect: balanced accuracy 0.5 -> 1, R2 0 -> 1 (lower values get the lowest
+    colour; the printed value is exact). The last column is the final model. All concepts in one grid.
+    """
+    rows = [r for r in rows if r.get("metric") in ("balanced_accuracy", "r2")]
+    if not rows:
+        raise NothingToPlot("no by-checkpoint rows (probes.by_checkpoint off, or a run made before it existed)")
+    concepts = sorted({r["concept"] for r in rows})
+    sites = list(dict.fromkeys(r["site"] for r in rows))  # the order the probe stage wrote them in
+    steps = sorted({int(r["step"]) for r in rows})
+    ncols = min(4, len(concepts))
+    nrows = math.ceil(len(concepts) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(0.75 * len(steps) * ncols + 1.2 * ncols + 1.0,
+                                                    (0.42 * len(sites) + 1.1) * nrows + 0.6), squeeze=False,
+                             layout="constrained")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
+    for ax in axes.flat[len(concepts):]:
+        ax.set_axis_off()
+    for ax, concept in zip(axes.flat, concepts):
+        cell = {(r["site"], int(r["step"])): r for r in rows if r["concept"] == concept}
+        metric = next(r["metric"] for r in cell.values())
+        grid = np.array([[cell[(s, t)]["estimate"] if (s, t) in cell and _finite(cell[(s, t)]["estimate"]) else np.nan
+                          for t in steps] for s in sites], dtype=float)
+        low = 0.5 if metric == "balanced_accuracy" else 0.0
+        ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=low, vmax=1.0, aspect="auto")
+        for i in range(len(sites)):
+            for j in range(len(steps)):
+                v = grid[i, j]
+                text = "-" if np.isnan(v) else f"{v:.2f}"
+                dark = np.isnan(v) or (v - low) / (1.0 - low) < 0.6
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark and not np.isnan(v) else "black")
+        ax.set_xticks(range(len(steps)), [f"{t}\n(final)" if j == len(steps) - 1 else str(t) for j, t in enumerate(steps)],
+                      fontsize=7)
+        ax.set_yticks(range(len(sites)), sites, fontsize=7)
+        ax.set_title(f"{concept} ({'bal. acc.' if metric == 'balanced_accuracy' else 'R2'})", fontsize=8)
+    for ax in axes.flat[:len(concepts)]:
+        ax.set_xlabel("training step", fontsize=7)
+    fig.suptitle(title or "linear probe score by site x training step (test; colour: chance -> 1)", fontsize=9)
+    return save_figure(fig, path)
+
+
 PLOT_FILES = {"probe_metrics": "probe_metrics.png", "accuracy_vs_selectivity": "accuracy_vs_selectivity.png",
-              "imagination": "imagination.png", "planning": "planning.png", "open_loop": "open_loop.png"}
+              "imagination": "imagination.png", "planning": "planning.png", "open_loop": "open_loop.png",
+              "by_checkpoint": "by_checkpoint.png"}
 PLOT_TITLES = {"probe_metrics": "Probe score by method per concept", "accuracy_vs_selectivity": "Accuracy vs selectivity",
                "imagination": "Score vs imagination horizon", "planning": "Planning success and violations",
-               "open_loop": "Dynamics: open-loop accuracy vs k"}
+               "open_loop": "Dynamics: open-loop accuracy vs k", "by_checkpoint": "Where and when: score by site x training step"}
 
 
 def write_run_plots(summary: Mapping[str, Any], folder: str | Path, *, label: str | None = None) -> dict[str, Path | str]:
@@ -286,6 +333,7 @@ def write_run_plots(summary: Mapping[str, Any], folder: str | Path, *, label: st
         "imagination": lambda p: plot_imagination(probes, p, sites=sites),
         "planning": lambda p: plot_planning(summary.get("planning") or [], p),
         "open_loop": lambda p: plot_open_loop({label or "run": (summary.get("dynamics") or {}).get("open_loop") or {}}, p),
+        "by_checkpoint": lambda p: plot_by_checkpoint(summary.get("probes_by_checkpoint") or [], p),
     }
     return run_plot_jobs(jobs, folder)
 

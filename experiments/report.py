@@ -58,13 +58,14 @@ def render_report(cfg: Any, summary: dict[str, Any], plots: dict[str, Any] | Non
     elif ol:
         parts += [f"Open-loop prediction: {ol.get('skipped')}.", ""]
     parts += probe_section(summary)
+    parts += where_when_section(summary, (plots or {}).get("by_checkpoint"), base)
     parts += planning_section(summary)
     parts += overoptimisation_section(summary)
     parts += verify_section(summary)
     if plots:
         from experiments.plots import markdown_plots
 
-        parts += markdown_plots(plots, base or Path("."))
+        parts += markdown_plots({k: v for k, v in plots.items() if k != "by_checkpoint"}, base or Path("."))
     parts += ["## Timings", "", _table(["stage", "seconds", "reused"],
                                       [[k, v, summary.get("reused", {}).get(k)] for k, v in summary["timings"].items()]), ""]
     parts += ["## Config", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip(), "```", ""]
@@ -174,7 +175,7 @@ def probe_leaderboard(summary: dict[str, Any]) -> list[dict[str, Any]]:
                       "imagined_k5": get(method, site, "imagined_k5"),
                       "selectivity": get(method, site, metric="selectivity"),
                       "prior": get("prior", None), "random_model": get("random_model", site),
-                      "observation": get("observation", None)})
+                      "observation": get("observation", None), "history": get("history", None)})
     return board
 
 
@@ -190,16 +191,50 @@ def probe_section(summary: dict[str, Any]) -> list[str]:
     if not board:
         return []
     methods = sorted({r["method"] for r in summary["probes"]})
+    history = any(b["history"] for b in board)  # the supervised history baseline (probes.history) when it ran
     table = _table(["concept", "chosen (method, site)", "metric", "test", "ood", "imagined k=5", "selectivity",
-                    "prior", "random model", "observation"],
+                    "prior", "random model", "observation"] + ["history (supervised)"] * history,
                    [[b["concept"], f"{b['method']}, {b['site']}", b["metric"], _ci(b["test"]), _ci(b["ood"]),
                      _ci(b["imagined_k5"]), _ci(b["selectivity"]), _ci(b["prior"]), _ci(b["random_model"]),
-                     _ci(b["observation"])] for b in board])
+                     _ci(b["observation"])] + [_ci(b["history"])] * history for b in board])
+    ceiling = (" *History (supervised)*: a small GRU trained on the concept labels themselves over each episode's "
+               "observations and actions so far -- not a probe of the model but an upper reference: a concept it "
+               "cannot read is not knowable from the history (with this much data); one it reads and the model's "
+               "probe does not is information the model's latent fails to keep.") if history else ""
     return ["## Probes", f"Methods compared: {', '.join(methods)}. Each concept's probe was chosen on the validation "
             "split (highest balanced accuracy, or R2 for scalars; ties to the simpler method); every number below "
             "is on held-out episodes with a 95% bootstrap CI over episodes. Baselines: the label prior, the same "
             "probe on a randomly initialised model, the same probe on the raw current observation. Every row is in "
-            "`probes/results.csv`.", "", table, ""] + model_checks_section(summary)
+            f"`probes/results.csv`.{ceiling}", "", table, ""] + model_checks_section(summary)
+
+
+def where_when_section(summary: dict[str, Any], plot: Any = None, base: Path | None = None) -> list[str]:
+    """The "Where and when" section: the linear probe per site x training step (``probes/by_checkpoint.csv``),
+    its heatmap (``plot``: the PNG path, or why it was not drawn) and, per concept, the best final site's scores."""
+    rows = [r for r in summary.get("probes_by_checkpoint") or [] if r.get("estimate") is not None]
+    if not rows:
+        return []
+    steps = sorted({r["step"] for r in rows})
+    parts = ["## Where and when", f"The linear probe (l2 chosen on validation) fitted at every site on the model at "
+             f"training steps {', '.join(map(str, steps))} ({'step 0: the initial weights; ' * (0 in steps)}the last: "
+             "the final model), "
+             "scored on the test split: balanced accuracy, or R2 for scalars (cf. McGrath et al. 2022). Every row, with "
+             "its 95% bootstrap CI over episodes, is in `probes/by_checkpoint.csv`.", ""]
+    if isinstance(plot, Path):
+        rel = plot.resolve().relative_to(Path(base or ".").resolve()).as_posix()
+        parts += [f"![where and when]({rel})", ""]
+    elif plot:
+        parts += [f"Heatmap not drawn ({plot}).", ""]
+    table = []
+    for concept in sorted({r["concept"] for r in rows}):
+        mine = [r for r in rows if r["concept"] == concept]
+        best = max((r for r in mine if r["step"] == steps[-1]), key=lambda r: r["estimate"], default=None)
+        if best is None:
+            continue
+        path = {r["step"]: r["estimate"] for r in mine if r["site"] == best["site"]}
+        table.append([concept, best["metric"], best["site"], " -> ".join(f"{path[t]:.2f}" if t in path else "-" for t in steps)])
+    return parts + [_table(["concept", "metric", "best site at the end", f"score at steps {' / '.join(map(str, steps))}"],
+                           table), ""]
 
 
 CHECK_METRICS = ("state_consistency", "causal_sufficiency", "causal_sufficiency_null", "causal_necessity",

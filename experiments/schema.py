@@ -67,11 +67,17 @@ class DynamicsSection:
     devices: int = field(1, help="Lightning devices per node")
     strategy: str = field("auto", help="Lightning strategy, e.g. ddp")
     num_nodes: int = field(1, help="Lightning nodes")
+    snapshots: tuple[float, ...] = field((0.1, 0.25, 0.5), help="also save weights-only snapshots at these fractions of "
+                                         "max_steps (and at step 0) for probes.by_checkpoint; [] saves none")
 
     def __post_init__(self) -> None:
         for k in ("max_steps", "batch_size", "window", "val_every", "devices", "num_nodes"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"dynamics.{k} must be a positive integer, got {getattr(self, k)}")
+        bad = [f for f in self.snapshots if not 0.0 < f < 1.0]
+        if bad:
+            raise ConfigError(f"dynamics.snapshots must be fractions of max_steps strictly between 0 and 1 (the final "
+                              f"weights are always used), got {list(self.snapshots)}; e.g. dynamics.snapshots=[0.1,0.25,0.5]")
         if self.lr <= 0:
             raise ConfigError(f"dynamics.lr must be positive, got {self.lr}")
 
@@ -95,6 +101,11 @@ class ProbesSection:
                                     "random subspace; binary concepts with a linear probe)")
     checks_episodes: int = field(200, help="test episodes (a seeded draw) for the state-consistency and causal checks")
     causal_stride: int = field(4, help="start a causal-necessity rollout every this many steps")
+    history: bool = field(True, help="the supervised history baseline: a small GRU trained on the labels over each "
+                                     "episode's observations and actions (rows 'history'; an upper reference for "
+                                     "any predictive latent; ~25 s on one core for the quickstart)")
+    by_checkpoint: bool = field(True, help="fit the linear probe at every site on every training snapshot "
+                                           "(dynamics.snapshots) and the final model: probes/by_checkpoint.csv")
 
     def __post_init__(self) -> None:
         from probes.registry import method_names

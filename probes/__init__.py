@@ -14,6 +14,7 @@ from probes.extract import LatentStore, extract_latents, model_fingerprint
 from probes.erasure import Eraser, fit_leace, leace_erase, random_subspace_erase
 from probes.grids import GridFit, fit_method
 from probes.harness import HarnessResult, run_harness
+from probes.history import HistoryBaseline, HistoryFitter, HistorySplit
 from probes.linear import GridResult, LinearFitter, LinearProbe, choose_lambda, fit_grid
 from probes.mdl import MDLResult, online_codelength
 from probes.metrics import concept_metrics, metric_names, prior_baseline
@@ -32,6 +33,9 @@ __all__ = [
     "GridFit",
     "GridResult",
     "HarnessResult",
+    "HistoryBaseline",
+    "HistoryFitter",
+    "HistorySplit",
     "LatentStore",
     "LinearFitter",
     "LinearProbe",

@@ -23,7 +23,11 @@ label prior), ``"observation"`` (site ``"obs"``: ``baseline_method`` on the curr
 flattened to float) and ``"random_model"`` (``baseline_method`` on the same site of ``random_store``,
 latents of a randomly initialised model of the same architecture). ``baseline_method`` defaults to
 ``linear`` (batched, so the baselines cost little); pass ``baseline_method="mlp"`` for baselines as
-flexible as the MLP probes they sit beside (slower: one MLP fit per concept and site).
+flexible as the MLP probes they sit beside (slower: one MLP fit per concept and site). With
+``history_baseline=True`` a fourth, ``"history"`` (site ``"history"``): a small GRU trained on the labels
+over each episode's observation+action history (:mod:`probes.history`; actions from the store's attached
+dataset, observations only without one) -- a supervised ceiling for what the history reveals, not a probe
+of the model (about 25 s on one core for the lavakeydoor quickstart, so off by default here).
 
 The :class:`~probes.ontology.Ontology` is chosen from validation scores only (:data:`probes.ontology.RULE`);
 the same rule applied to each method's probes alone gives one ontology per method
@@ -53,6 +57,8 @@ from probes.codelength import coded_concept, compression_rows, mdl_subsample
 from probes.control import control_labels, observation_types, selectivity
 from probes.extract import LatentStore, temp_dir_for, write_json
 from probes.grids import DEFAULT_GRIDS, GridFit, as_tensor, fit_method
+from probes.history import METHOD as HISTORY_SITE
+from probes.history import HistoryFitter, store_num_actions, store_split
 from probes.metrics import concept_estimates, metric_objects, prior_predictions
 from probes.ontology import RULE, Ontology, method_ontologies, select_ontology, validation_metric
 from probes.registry import method_names
@@ -129,8 +135,8 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
                 max_train_rows: Mapping[str, int | None] | None = None, n_boot: int = 1000, seed: int = 0,
                 baselines: bool = True, baseline_method: str | None = None, random_store: LatentStore | None = None,
                 control: bool = True, mdl: bool = True, mdl_methods: Sequence[str] = ("linear",), mdl_shuffles: int = 3,
-                mdl_max_rows: int | None = 4000, mdl_bins: int = 10, device: torch.device | str = "cpu",
-                dtype: torch.dtype = torch.float32, progress: bool = True) -> HarnessResult:
+                mdl_max_rows: int | None = 4000, mdl_bins: int = 10, history_baseline: bool = False,
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, progress: bool = True) -> HarnessResult:
     """Fit, score, compare and choose (see the module docstring). ``lambdas`` overrides the linear grid's l2 values;
     ``grids[method]`` any method's grid (a list of hyperparameter dicts; defaults in :data:`probes.grids.DEFAULT_GRIDS`)."""
     t0 = time.perf_counter()
@@ -176,13 +182,13 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
                 "grids": {m: list(grid[m]) for m in methods}, "max_train_rows": max_rows, "n_boot": n_boot, "seed": seed,
                 "baselines": baselines, "baseline_method": baseline_method, "control": control, "mdl": mdl,
                 "mdl_methods": list(mdl_methods), "mdl_shuffles": mdl_shuffles, "mdl_max_rows": mdl_max_rows,
-                "mdl_bins": mdl_bins, "device": str(device), "dtype": str(dtype), "store": store.key_hash,
+                "mdl_bins": mdl_bins, "history_baseline": history_baseline, "device": str(device), "dtype": str(dtype), "store": store.key_hash,
                 "random_store": None if random_store is None else random_store.key_hash, "ontology_rule": RULE}
     ctx = _Ctx(labels, groups, ctrl, grid, max_rows, seeds, n_boot, seed, device, dtype, skipped)
 
     rows: list[ResultRow] = []
     fits: dict[Key, GridFit] = {}
-    units = len(sites) * len(methods) + (1 + len(sites) * (random_store is not None) if baselines else 0)
+    units = len(sites) * len(methods) + (1 + len(sites) * (random_store is not None) + history_baseline if baselines else 0)
     with tqdm(total=units, disable=not progress, desc="probe harness", unit="fit") as bar:
         for site in sites:
             xs = {s: store.site(s, site) for s in used}
@@ -211,6 +217,10 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
                 task, _ = ctx.fit(baseline_method, site, xr, cs, with_control=False)
                 rows += ctx.score_rows("random_model", site, task, xr, eval_splits)
                 bar.update(1)
+            if history_baseline:
+                bar.set_postfix_str("history (supervised GRU)")
+                rows += _history_rows(ctx, store, cs, used, eval_splits)
+                bar.update(1)
 
     candidates = {k: (f.chosen[0], f.val_score) for k, f in fits.items()}
     ontology = select_ontology(candidates, cs, store.site_shapes, sites)
@@ -218,6 +228,22 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
     return HarnessResult(tuple(rows), ontology, {k: f.chosen[0] for k, f in fits.items()},
                          {k: f.val_score for k, f in fits.items()}, {k: f.hparams for k, f in fits.items()},
                          skipped, settings, time.perf_counter() - t0, by_method)
+
+
+def _history_rows(ctx: "_Ctx", store: LatentStore, cs: Sequence[Concept], used: Sequence[str],
+                  splits: Sequence[str]) -> list[ResultRow]:
+    """The ``"history"`` baseline: one GRU fitted on train (early-stopped on val) for all concepts, scored like the others."""
+    data = {s: store_split(store, s, [c.name for c in cs]) for s in used}
+    if data["train"].actions is None:
+        ctx.skipped["history/actions"] = "the latent store has no dataset attached: the history baseline read observations only"
+    fitted = HistoryFitter(cs, num_actions=store_num_actions(store), seed=ctx.seed, device=ctx.device,
+                           dtype=ctx.dtype).fit(data["train"], data["val"])
+    rows = []
+    for s in splits:
+        preds = fitted.predictions(data[s])
+        for c in cs:
+            rows += ctx.prediction_rows(HISTORY_SITE, HISTORY_SITE, c, s, *preds[c.name])
+    return rows
 
 
 def _control_labels(store: LatentStore, cs: Sequence[Concept], used: Sequence[str], seed: int) -> dict[str, dict[str, np.ndarray]]:
@@ -322,6 +348,13 @@ class _Ctx:
                                          n_boot=self.n_boot, seed=self.seed)
                 rows += [ResultRow.from_estimate("prior", NO_SITE, c.name, s, m, e) for m, e in ests.items()]
         return rows
+
+    def prediction_rows(self, method: str, site: str, c: Concept, split: str, pred: np.ndarray,
+                        proba: np.ndarray | None) -> list[ResultRow]:
+        """Rows of every metric of ``c`` on ``split`` for given predictions ``[n]`` (and class probabilities ``[n k]``)."""
+        ests = concept_estimates(c.kind, self.labels[split][c.name], pred, proba, groups=self.groups[split],
+                                 num_classes=c.num_classes or None, n_boot=self.n_boot, seed=self.seed)
+        return [ResultRow.from_estimate(method, site, c.name, split, m, e) for m, e in ests.items()]
 
     def selectivity_row(self, method: str, site: str, c: Concept, task: GridFit, ctrl: GridFit, x_test: np.ndarray) -> ResultRow:
         (pt,), _ = self._predict(task.chosen[:1], x_test)

@@ -4,8 +4,9 @@
 Probes and planners never need this package: :func:`load_model` gives back the plain model.
 """
 
-from dynamics.training.checkpoint import (AtomicCheckpointIO, CheckpointError, RngState, find_resume_checkpoint,
-                                          load_model, read_checkpoint, verify_checkpoint)
+from dynamics.training.checkpoint import (AtomicCheckpointIO, CheckpointError, RngState, SnapshotCheckpoint,
+                                          find_resume_checkpoint, list_snapshots, load_model, read_checkpoint,
+                                          snapshot_path, verify_checkpoint)
 from dynamics.training.data import InMemoryWindowSource, WindowDataModule, WindowSource
 from dynamics.training.fit import TrainResult, fit_dynamics
 from dynamics.training.guards import NonFiniteError, NonFiniteGuard
@@ -19,12 +20,15 @@ __all__ = [
     "NonFiniteError",
     "NonFiniteGuard",
     "RngState",
+    "SnapshotCheckpoint",
     "TrainResult",
     "WindowDataModule",
     "WindowSource",
     "find_resume_checkpoint",
     "fit_dynamics",
+    "list_snapshots",
     "load_model",
     "read_checkpoint",
+    "snapshot_path",
     "verify_checkpoint",
 ]

@@ -14,7 +14,8 @@ compared with the sidecar, so a truncated, zeroed or overwritten file is named, 
 invalid one, and fails loudly naming them if none is valid: a run never silently restarts.
 
 Also here: the two ``ModelCheckpoint`` callbacks (``best.ckpt`` by ``val/loss``, ``last.ckpt`` every
-n steps and at the end), :class:`RngState` (torch / CUDA / numpy / python RNG states in the
+n steps and at the end), :class:`SnapshotCheckpoint` (weights-only ``snapshot-step=<N>.ckpt`` at given
+steps, for probing the model as it learns; never resumed from), :class:`RngState` (torch / CUDA / numpy / python RNG states in the
 checkpoint, as plain types) and :func:`load_model` (a plain :class:`~dynamics.base.DynamicsModel`
 from a checkpoint, rebuilt through ``dynamics.registry.build_model``).
 """
@@ -30,7 +31,7 @@ import random
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -46,6 +47,8 @@ META_KEY = "ontolab"
 """Checkpoint entry holding :func:`model_meta` (model name, hparams and specs as plain types)."""
 SIDECAR_SUFFIX = ".sha256.json"
 LAST_NAME, BEST_NAME = "last.ckpt", "best.ckpt"
+SNAPSHOT_PREFIX = "snapshot-step="
+"""Weights-only snapshots are ``snapshot-step=<N>.ckpt`` (:class:`SnapshotCheckpoint`)."""
 
 
 class CheckpointError(OntolabError):
@@ -143,10 +146,12 @@ def find_resume_checkpoint(folder: str | os.PathLike) -> Path | None:
     """The newest valid ``*.ckpt`` of ``folder`` (highest step; ``last.ckpt`` wins ties), or ``None`` if it has none.
 
     Every invalid checkpoint is named in a warning; if checkpoints exist but none is valid this raises
-    :class:`CheckpointError` naming them (it never silently returns ``None``).
+    :class:`CheckpointError` naming them (it never silently returns ``None``). Weights-only snapshots
+    (``snapshot-step=<N>.ckpt``) hold no optimizer or data state and are never candidates.
     """
     folder = Path(folder)
-    candidates = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+    candidates = sorted(p for p in folder.glob("*.ckpt") if not p.name.startswith(SNAPSHOT_PREFIX)) \
+        if folder.is_dir() else []
     if not candidates:
         return None
     valid: list[tuple[int, bool, float, Path]] = []
@@ -237,6 +242,55 @@ def checkpoint_callbacks(dirpath: str | os.PathLike, every_n_train_steps: int) -
                            save_top_k=1, save_last=False, auto_insert_metric_name=False, enable_version_counter=False,
                            save_on_train_epoch_end=False)
     return [best, LastCheckpoint(dirpath, every_n_train_steps)]
+
+
+def snapshot_path(dirpath: str | os.PathLike, step: int) -> Path:
+    """``dirpath/snapshot-step=<step>.ckpt``."""
+    return Path(dirpath) / f"{SNAPSHOT_PREFIX}{int(step)}.ckpt"
+
+
+def list_snapshots(dirpath: str | os.PathLike) -> dict[int, Path]:
+    """``{step: path}`` of the snapshots in ``dirpath`` (sorted by step; not verified: :func:`read_checkpoint` does that)."""
+    found = {}
+    for p in Path(dirpath).glob(f"{SNAPSHOT_PREFIX}*.ckpt") if Path(dirpath).is_dir() else ():
+        step = p.name[len(SNAPSHOT_PREFIX):-len(".ckpt")]
+        if step.isdigit():
+            found[int(step)] = p
+    return dict(sorted(found.items()))
+
+
+class SnapshotCheckpoint(pl.Callback):
+    """Weights-only ``snapshot-step=<N>.ckpt`` when the global step reaches each of ``steps`` (0: before the first step).
+
+    A snapshot is a ``Trainer.save_checkpoint(weights_only=True)``: weights, loop counters and the
+    ontolab model meta (so :func:`load_model` reads it), written through the Trainer's checkpoint
+    plugin (:class:`AtomicCheckpointIO`: atomic, with a sidecar). Saving reads no RNG, so snapshots do
+    not change the training trajectory. Steps never reached (``max_time_s`` ran out) have no file; a
+    resumed run writes the ones after its resume point (one already written before a kill is rewritten
+    with bitwise the same weights).
+    """
+
+    def __init__(self, dirpath: str | os.PathLike, steps: Sequence[int]):
+        bad = [s for s in steps if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+        if bad:
+            raise OntolabError(f"snapshot steps must be integers >= 0, got {list(steps)}; pass e.g. [0, 100, 500]")
+        self.dirpath, self.steps = Path(dirpath), frozenset(steps)
+        self._saved: set[int] = set()
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        # Every rank calls save_checkpoint (it holds a barrier; rank 0 writes), so the decision must not
+        # depend on files another rank may already have written: only on the step and this process's record.
+        step = int(trainer.global_step)
+        if step in self.steps and step not in self._saved:
+            trainer.save_checkpoint(snapshot_path(self.dirpath, step), weights_only=True)
+            self._saved.add(step)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step == 0:
+            self._save(trainer)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self._save(trainer)
 
 
 def capture_rng() -> dict[str, Any]:

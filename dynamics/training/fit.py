@@ -5,6 +5,7 @@ Layout of ``out_dir``::
     run.json                        what produced the run: settings, model, dataset fingerprint, code, wandb id
     checkpoints/best.ckpt           lowest val/loss (+ best.ckpt.sha256.json)
     checkpoints/last.ckpt           every ``checkpoint_every`` steps and at the end (+ sidecar)
+    checkpoints/snapshot-step=N.ckpt  weights only, at each of ``snapshot_steps`` reached (+ sidecar)
     metrics.json                    val loss, open-loop errors, train seconds, transitions/s (written atomically)
     wandb/                          the offline wandb run (``wandb sync`` it later), if logging to wandb
 
@@ -35,8 +36,9 @@ import torch
 from pytorch_lightning.callbacks import Timer
 
 from dynamics.base import DynamicsModel
-from dynamics.training.checkpoint import (BEST_NAME, LAST_NAME, AtomicCheckpointIO, RngState, atomic_write_json,
-                                          checkpoint_callbacks, find_resume_checkpoint)
+from dynamics.training.checkpoint import (BEST_NAME, LAST_NAME, AtomicCheckpointIO, RngState, SnapshotCheckpoint,
+                                          atomic_write_json, checkpoint_callbacks, find_resume_checkpoint,
+                                          list_snapshots)
 from dynamics.training.data import WindowDataModule, WindowSource
 from dynamics.training.guards import NonFiniteGuard
 from dynamics.training.module import DynamicsModule
@@ -67,6 +69,8 @@ class TrainResult:
     steps: int
     """Optimizer steps done (global step)."""
     wandb_run_id: str | None
+    snapshots: Mapping[int, Path] = dataclasses.field(default_factory=dict)
+    """``{step: checkpoints/snapshot-step=<step>.ckpt}`` of the requested snapshot steps that were reached."""
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -117,7 +121,7 @@ def fit_dynamics(
     logger: str | None = "wandb-offline", wandb_project: str = "ontolab", run_name: str | None = None,
     accelerator: str = "cpu", devices: int | str = 1, strategy: str | Any = "auto", num_nodes: int = 1,
     precision: str | int = "32-true", num_workers: int = 0, progress_bar: bool = True,
-    callbacks: Sequence[pl.Callback] = (),
+    callbacks: Sequence[pl.Callback] = (), snapshot_steps: Sequence[int] = (),
 ) -> TrainResult:
     """Train ``model`` on windows of ``data`` (train split; validation on the val split) into ``out_dir``.
 
@@ -126,7 +130,9 @@ def fit_dynamics(
     ``val_every``. ``logger``: ``"wandb-offline"`` (default, never needs network), ``"wandb-online"``
     or ``"none"``. ``accelerator`` / ``devices`` / ``strategy`` / ``num_nodes`` / ``precision`` go to
     Lightning's Trainer unchanged (``strategy="ddp"`` with ``devices=4`` etc.). ``callbacks`` are
-    extra Lightning callbacks.
+    extra Lightning callbacks. ``snapshot_steps``: global steps (0: the initial weights) at which a
+    weights-only ``checkpoints/snapshot-step=<N>.ckpt`` is also written (steps not reached are absent;
+    ``metrics.json`` lists the ones that exist under ``snapshots``).
     """
     _check_int("max_steps", max_steps, 1)
     _check_int("val_every", val_every, 1)
@@ -175,7 +181,8 @@ def fit_dynamics(
         deterministic=True if accelerator == "cpu" else "warn", benchmark=False,
         plugins=[AtomicCheckpointIO()], logger=run_logger, log_every_n_steps=min(50, val_every),
         callbacks=[NonFiniteGuard(check_grads=str(precision) not in ("16-mixed", "16")), RngState(), timer,
-                   *checkpoint_callbacks(ckpt_dir, checkpoint_every), *callbacks],
+                   *checkpoint_callbacks(ckpt_dir, checkpoint_every),
+                   *([SnapshotCheckpoint(ckpt_dir, list(snapshot_steps))] if snapshot_steps else []), *callbacks],
         enable_progress_bar=progress_bar, enable_model_summary=progress_bar, default_root_dir=str(out),
         use_distributed_sampler=False,  # WindowDataModule shards by rank itself
     )
@@ -225,11 +232,14 @@ def fit_dynamics(
         last_checkpoint=ckpt_dir / LAST_NAME if (ckpt_dir / LAST_NAME).is_file() else None,
         val_loss=metrics.get("val/loss", float("nan")), open_loop=open_loop, train_seconds=seconds,
         transitions_per_s=transitions / seconds if seconds > 0 else float("nan"), steps=steps, wandb_run_id=run_id,
+        snapshots={k: p for k, p in list_snapshots(ckpt_dir).items() if k in set(snapshot_steps)},
     )
     if trainer.is_global_zero:
         record = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
         record = {k: str(v) if isinstance(v, Path) else v for k, v in record.items()}
         record["open_loop"] = {str(k): v for k, v in open_loop.items()}
+        record["snapshots"] = {"requested": sorted(int(s) for s in snapshot_steps), "steps": sorted(result.snapshots),
+                               "files": {str(k): p.relative_to(out).as_posix() for k, p in result.snapshots.items()}}
         record["val_metrics"] = metrics
         atomic_write_json(out / "metrics.json", json_safe(record))
     return result
@@ -238,5 +248,5 @@ def fit_dynamics(
 _SETTING_NAMES = frozenset({
     "max_steps", "max_time_s", "batch_size", "window", "lr", "weight_decay", "grad_clip", "seed", "resume",
     "val_every", "checkpoint_every", "max_val_windows", "open_loop_ks", "logger", "wandb_project", "run_name",
-    "accelerator", "devices", "strategy", "num_nodes", "precision", "num_workers",
+    "accelerator", "devices", "strategy", "num_nodes", "precision", "num_workers", "snapshot_steps",
 })

@@ -1,6 +1,8 @@
 """The probe stage: latents of the trained (and of a random) model, the probe harness, the ontology.
 
 Writes ``results.csv`` (one row per method x site x concept x split x metric, with a 95% CI),
+``by_checkpoint.csv`` (``probes.by_checkpoint``: the linear probe per training snapshot x site x concept,
+see :mod:`experiments.stages.by_checkpoint`),
 ``ontology/`` (the chosen probe per concept, loaded by later stages), ``ontologies/<method>/`` (the
 same rule restricted to one probe method: each concept -> that method's best site; the planning
 stage runs one learned-model planner per folder), ``harness.json`` and the cached latents.
@@ -78,8 +80,13 @@ def run_probe(cfg: RunConfig, data_path: Path, dynamics_dir: Path, out: Path, *,
     res = run_harness(store, ds.schema, p.methods, sites, concepts=concepts, seeds=p.seeds, n_boot=p.n_boot,
                       seed=cfg.seed, random_store=random_store, control=p.control, mdl=p.mdl,
                       max_train_rows={m: p.max_train_rows for m in p.methods if m != "linear"},
-                      progress=progress)
+                      history_baseline=p.history, progress=progress)
     rows, skipped = list(res.rows), dict(res.skipped)
+    if p.by_checkpoint:  # the linear probe on every training snapshot too: by_checkpoint.csv (site x step)
+        from experiments.stages.by_checkpoint import probe_by_checkpoint
+
+        skipped.update(probe_by_checkpoint(dynamics_dir, ds, store, out, sites=sites, concepts=concepts,
+                                           expected_model=cfg.dynamics.model, n_boot=p.n_boot, seed=cfg.seed)[1])
     if p.imagination and "test" in ds.splits:
         # The planner only ever sees imagined latents: score each chosen probe on them (k steps ahead).
         by_site = defaultdict(dict)

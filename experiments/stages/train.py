@@ -41,10 +41,19 @@ def run_train(cfg: RunConfig, data_path: Path, out: Path, *, progress: bool = Tr
         window=d.window, lr=d.lr, grad_clip=d.grad_clip, seed=cfg.seed, resume=d.resume,
         val_every=d.val_every, logger=logger, wandb_project=cfg.wandb.project,
         accelerator=d.accelerator, devices=d.devices, strategy=d.strategy, num_nodes=d.num_nodes,
-        progress_bar=progress,
+        progress_bar=progress, snapshot_steps=snapshot_steps(d.snapshots, d.max_steps),
     )
     evaluate_stage(model, data_path, out, seed=cfg.seed)
     return result
+
+
+def snapshot_steps(fractions: tuple[float, ...], max_steps: int) -> tuple[int, ...]:
+    """The global steps of ``dynamics.snapshots``: 0 (the initial weights), then each fraction of ``max_steps``
+    rounded half up (at least 1, below ``max_steps``: the final weights are ``last.ckpt``); none without fractions."""
+    if not fractions:
+        return ()
+    steps = {min(max(1, int(f * max_steps + 0.5)), max_steps - 1) for f in fractions}
+    return tuple(sorted({0} | {s for s in steps if s > 0}))
 
 
 def check_resumable(ckpt_dir: Path, model) -> None:
