@@ -246,6 +246,7 @@ def _metrics(cfg: RunConfig, world, spec, runs, probes_dir: Path, skipped: dict[
     results = probes_dir / "results.csv"
     dataset = {(r.method, r.site, r.concept, r.metric): r for r in read_results_csv(results) if r.split == "test"} \
         if results.is_file() else {}
+    history = {(c, metric): r.estimate for (m, _, c, metric), r in dataset.items() if m == "history"}
     rows, shift = [], []
     for labels, log, ontology in runs:
         s = summarize(log, n_boot=p.n_boot, seed=cfg.seed)
@@ -262,7 +263,8 @@ def _metrics(cfg: RunConfig, world, spec, runs, probes_dir: Path, skipped: dict[
                               "in_reward": concept in {u.name for u in spec.concepts()},
                               "visited": _est(est), "states": int(log.visited.episode.size),
                               "dataset_test": None if ref is None else
-                              {"estimate": ref.estimate, "ci_low": ref.ci_low, "ci_high": ref.ci_high}})
+                              {"estimate": ref.estimate, "ci_low": ref.ci_low, "ci_high": ref.ci_high},
+                              "history_test": history.get((concept, metric))})
     return {"world": cfg.world.name, "reward": spec.to_dict(), "episodes": p.episodes, "settings": to_dict(p),
             "rows": rows, "shift": shift, "quality_bar": quality_bar(rows, shift), "skipped": skipped}
 
@@ -305,6 +307,7 @@ def quality_bar(rows: list[dict[str, Any]], shift: list[dict[str, Any]]) -> list
             elif unreadable:
                 diagnosis = (f"probe error: {unreadable} are read poorly even on the dataset's held-out episodes "
                              f"(below {POOR}), so the latent reward is not the true one"
+                             + _knowable(reward_shift, unreadable)
                              + (f"; {dropped} read worse still on the planner's states" if dropped else ""))
             elif dropped:
                 diagnosis = (f"probe error under planner-induced shift: {dropped} read worse on the states the planner "
@@ -318,6 +321,27 @@ def quality_bar(rows: list[dict[str, Any]], shift: list[dict[str, Any]]) -> list
                     "violation_rate": r["violation_rate"]["estimate"], "better_than_random": bool(better),
                     "passes": bool(passes), "diagnosis": diagnosis, "bar": QUALITY_BAR})
     return out
+
+
+def _knowable(shift: list[dict[str, Any]], concepts: list[str]) -> str:
+    """Which of the poorly read ``concepts`` the supervised history baseline (``probes.history``) reads:
+    those it reads are kept from the history but lost by the model's latent (dynamics model error), those
+    it does not are not knowable from the history at all (reward specification under partial observability)."""
+    hist = {s["concept"]: (s["metric"], s["history_test"], s["dataset_test"]["estimate"]) for s in shift
+            if s["concept"] in concepts and s.get("history_test") is not None and s["dataset_test"]}
+    lost = {c: v for c, v in hist.items() if v[1] >= POOR[v[0]]}
+    unknowable = {c: v for c, v in hist.items() if v[1] < POOR[v[0]]}
+    words = []
+    if lost:
+        words.append("the supervised history baseline reads " + ", ".join(
+            f"{c} at {h:.2f} (the latent's probe {d:.2f})" for c, (_, h, d) in sorted(lost.items()))
+            + ": knowable from the observations, lost by the dynamics model's latent")
+    if unknowable:
+        words.append("even the supervised history baseline reads " + ", ".join(
+            f"{c} only at {h:.2f}" for c, (_, h, _) in sorted(unknowable.items()))
+            + ": not knowable from the observation history -- a reward specification that no probe of a "
+            "predictive model can deliver in this partially observed world")
+    return "; " + "; ".join(words) if words else ""
 
 
 def _episode_rows(runs) -> list[list[Any]]:

@@ -110,3 +110,33 @@ def test_overoptimisation_settings_are_validated():
         resolve([*BASE, REWARD, "plan.overopt_cem_samples=[8,16]", "plan.overopt_cem_iterations=[1]"])
     with pytest.raises(ConfigError, match="plan.overopt_best_of must hold positive integers"):
         resolve([*BASE, REWARD, "plan.overopt_best_of=[0,4]"])
+
+
+def _est(x: float) -> dict:
+    return {"estimate": x, "ci_low": x - 0.05, "ci_high": x + 0.05}
+
+
+def _row(planner: str, model, success: float, violations: float, ret: float) -> dict:
+    return {"planner": planner, "model": model, "reward": "latent" if model == "learned" else None,
+            "probe_method": "linear" if model == "learned" else None, "success_rate": _est(success),
+            "violation_rate": _est(violations), "mean_true_return": _est(ret)}
+
+
+@pytest.mark.parametrize("history, expected, absent", [
+    (0.95, "knowable from the observations, lost by the dynamics model's latent", "not knowable"),
+    (0.20, "not knowable from the observation history", "lost by the dynamics"),
+    (None, "probe error", "history baseline"),
+])
+def test_diagnosis_says_whether_a_poorly_read_reward_concept_is_knowable_from_the_history(history, expected, absent):
+    from experiments.stages.plan import quality_bar
+
+    rows = [_row("discrete_cem", "learned", 0.0, 0.0, -1.6), _row("oracle", None, 1.0, 0.0, 0.9),
+            _row("random", None, 0.1, 0.7, -1.1)]
+    shift = [{"planner": "discrete_cem", "model": "learned", "probe_method": "linear", "concept": "steps_to_goal",
+              "metric": "r2", "in_reward": True, "visited": _est(0.1), "dataset_test": _est(0.3),
+              "history_test": history}]
+    [bar] = quality_bar(rows, shift)
+    assert not bar["passes"]
+    assert expected in bar["diagnosis"] and absent not in bar["diagnosis"]
+    if history is not None:
+        assert f"{history:.2f}" in bar["diagnosis"]
