@@ -28,7 +28,7 @@ from __future__ import annotations
 import warnings
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from sklearn import metrics as skm
@@ -159,8 +159,13 @@ def _confidence(y_true, proba, num_classes: int) -> tuple[np.ndarray, np.ndarray
 
 @dataclass(frozen=True)
 class ECE(SumDecomposable):
-    """Expected calibration error (L1, weighted by bin mass). See the module docstring for bins."""
+    """Expected calibration error (L1, weighted by bin mass). See the module docstring for bins.
 
+    The plug-in value is biased upward (> 0 even for a perfectly calibrated predictor on finite data), so
+    :func:`probes.stats.bootstrap` reports it bias-corrected, with the basic bootstrap interval
+    (``bias_corrected``); :meth:`__call__` stays the plain plug-in value."""
+
+    bias_corrected: ClassVar[bool] = True
     num_classes: int
     n_bins: int = 10
     binning: Literal["equal_width", "equal_mass"] = "equal_width"

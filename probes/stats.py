@@ -164,7 +164,19 @@ def bootstrap(
     point = float(metric_fn(*arrs))
     values = resample_values(metric_fn, arrs, codes, draw_counts(g, n_boot, seed))
     lo, hi, skipped = percentile_interval(values, level)
+    if getattr(metric_fn, "bias_corrected", False) and math.isfinite(lo):
+        point, lo, hi = bias_corrected(point, values, lo, hi)
     return Estimate(point, lo, hi, level, n_boot, g, skipped)
+
+
+def bias_corrected(point: float, values: np.ndarray, lo: float, hi: float) -> tuple[float, float, float]:
+    """Bootstrap bias correction for a non-negative statistic biased upward (e.g. ECE, whose plug-in value
+    is > 0 even for a perfectly calibrated predictor): estimate ``2 point - mean(values)`` and the basic
+    (reverse-percentile) interval ``[2 point - hi, 2 point - lo]`` (Davison & Hinkley 1997, sec. 5.2), all
+    clipped at 0. A percentile interval of such a statistic sits above the plug-in value, because every
+    resample adds its own small-sample bias on top of the data's."""
+    mean = float(np.mean(values[np.isfinite(values)]))
+    return max(0.0, 2 * point - mean), max(0.0, 2 * point - hi), max(0.0, 2 * point - lo)
 
 
 def bootstrap_paired_difference(

@@ -14,7 +14,8 @@ class Estimate:
     """A point estimate with its confidence interval."""
 
     estimate: float
-    """The metric on the full sample (for several seeds: the mean over seeds)."""
+    """The metric on the full sample (for several seeds: the mean over seeds; bootstrap bias-corrected for a
+    metric that declares ``bias_corrected``, e.g. ECE -- see :func:`probes.stats.bias_corrected`)."""
     lower: float
     """Lower end of the ``level`` confidence interval."""
     upper: float

@@ -127,7 +127,10 @@ def test_concept_estimates_carry_intervals_around_the_point_values():
     ests = concept_estimates("categorical", y, yp, p, groups=groups, n_boot=200, seed=0)
     for name, e in ests.items():
         assert isinstance(e, Estimate) and e.n_groups == 30
-        assert e.estimate == pytest.approx(points[name])
+        if name == "ece":  # reported bias-corrected (probes.stats.bias_corrected): below the plug-in value
+            assert 0.0 <= e.estimate < points[name]
+        else:
+            assert e.estimate == pytest.approx(points[name])
         assert e.lower <= e.upper
 
 

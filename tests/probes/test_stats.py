@@ -143,3 +143,27 @@ def test_errors_say_what_was_expected_and_what_arrived():
         bootstrap(lambda a, b: 0.0, np.zeros(10), np.zeros(9), groups=np.zeros(10))
     with pytest.raises(ValueError, match="level must lie in"):
         bootstrap(Mean(), np.zeros(10), groups=np.zeros(10), level=95)
+
+
+def test_ece_is_reported_bias_corrected_and_its_interval_covers_a_calibrated_predictor():
+    """A perfectly calibrated predictor has ECE 0, but the plug-in value on finite data is > 0 and a
+    percentile interval sits above it; the bias-corrected estimate and basic interval move toward 0."""
+    from probes.metrics import ECE
+    from probes.stats import percentile_interval, resample_values, draw_counts, group_codes
+
+    rng = np.random.default_rng(0)
+    n = 600
+    p = rng.uniform(0, 1, n)
+    y = (rng.uniform(0, 1, n) < p).astype(np.int64)  # calibrated by construction: true ECE = 0
+    groups = np.repeat(np.arange(60), 10)
+    proba = np.stack([1 - p, p], 1)
+    metric = ECE(2)
+    plug_in = metric(y, proba)
+    est = bootstrap(metric, y, proba, groups=groups, n_boot=400, seed=1)
+    codes, g = group_codes(groups, n)
+    raw = resample_values(metric, [y, proba], codes, draw_counts(g, 400, 1))
+    raw_lo, _, _ = percentile_interval(raw, 0.95)
+    assert plug_in > 0.01 and raw.mean() > plug_in  # the resamples are biased upward again
+    assert est.estimate < plug_in and est.lower < raw_lo  # corrected toward the true value 0
+    assert raw_lo > 0.02 and est.lower <= 0.02  # the percentile interval excludes the truth; the basic one does not
+    assert est.lower <= est.estimate <= est.upper
