@@ -4,9 +4,10 @@ Models never see rewards, values or concept labels. Training (Lightning) lives i
 ``dynamics.training`` and is not imported here, so probes and planners never load Lightning.
 """
 
+from dynamics.balance import ClassBalance
 from dynamics.base import ActionSpec, DynamicsModel, LatentState, LossOutput, ObsSpec
 from dynamics.cache import SiteCache, collect_sites
-from dynamics.evaluate import OpenLoopReport, episode_windows, evaluate_open_loop, seen_cells
+from dynamics.evaluate import OpenLoopReport, episode_windows, evaluate_open_loop, macro_recall, seen_cells
 from dynamics.gru import GRUConfig, GRUModel
 from dynamics.registry import build_model, model_config, model_names
 from dynamics.rssm import RSSM, RSSMConfig
@@ -14,6 +15,7 @@ from dynamics.spr import SPRConfig, SPRModel, effective_rank
 
 __all__ = [
     "ActionSpec",
+    "ClassBalance",
     "DynamicsModel",
     "GRUConfig",
     "GRUModel",
@@ -31,6 +33,7 @@ __all__ = [
     "effective_rank",
     "episode_windows",
     "evaluate_open_loop",
+    "macro_recall",
     "model_config",
     "model_names",
     "seen_cells",

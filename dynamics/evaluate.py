@@ -18,16 +18,26 @@ predicted cell is *seen* when that world position lay inside the view of at leas
 frame of the window. Cells never seen cannot be predicted from the observations, only guessed from priors
 over layouts, so ``model_seen`` (and ``copy_seen``, ``model_seen_changed``) report the seen cells apart.
 
-Estimates pool cells over windows; their 95% intervals come from a percentile bootstrap over windows.
+Rare classes (symbolic only): per-cell accuracy is dominated by the common classes -- on lavakeydoor, empty
+floor and wall are ~96% of the cells, so a model that never predicts a key, a door or the goal still scores
+~0.95. ``model_class_recall[k][name]`` is the recall of each class (of the cells whose true class is
+``name``, the fraction predicted as ``name``) and ``model_balanced[k]`` their mean over the classes present
+in the targets (macro recall, i.e. balanced per-cell accuracy; a class absent from the targets at ``k`` is
+left out of both); ``copy_*`` are the same for the copy baseline and ``*_seen_*`` on the seen cells.
+
+Estimates pool cells over windows; their 95% intervals come from a percentile bootstrap over windows (or over
+``groups``); the macro recall is recomputed from the per-class sums of each resample.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from dynamics.base import DynamicsModel, LatentState
@@ -61,9 +71,26 @@ class OpenLoopReport:
     model_seen_changed: Mapping[int, Estimate] = field(default_factory=dict)
     """The model on seen cells that differ from the last observed frame."""
     seen_fraction: Mapping[int, float] = field(default_factory=dict)
+    class_names: tuple[str, ...] = ()
+    """Symbolic only: the name of each observation channel (``class_names=`` of the evaluation; empty when
+    none was given, and the ``*_class_recall`` dicts are then keyed by channel index)."""
+    model_balanced: Mapping[int, Estimate] = field(default_factory=dict)
+    """Symbolic only: macro-averaged recall over the classes present in the targets (balanced accuracy)."""
+    copy_balanced: Mapping[int, Estimate] = field(default_factory=dict)
+    """The copy baseline's macro recall."""
+    model_class_recall: Mapping[int, Mapping[int | str, Estimate]] = field(default_factory=dict)
+    """Symbolic only: ``{k: {class: recall}}`` for every class present in the targets at ``k``."""
+    copy_class_recall: Mapping[int, Mapping[int | str, Estimate]] = field(default_factory=dict)
+    """The copy baseline's recall by class."""
+    model_seen_balanced: Mapping[int, Estimate] = field(default_factory=dict)
+    """Symbolic with ``positions`` only: macro recall on the seen cells."""
+    copy_seen_balanced: Mapping[int, Estimate] = field(default_factory=dict)
+    model_seen_class_recall: Mapping[int, Mapping[int | str, Estimate]] = field(default_factory=dict)
+    """Symbolic with ``positions`` only: recall by class on the seen cells."""
+    copy_seen_class_recall: Mapping[int, Mapping[int | str, Estimate]] = field(default_factory=dict)
 
     def summary(self) -> str:
-        """A small table, one row per horizon."""
+        """Small tables, one row per horizon (then, for symbolic observations, recall by class)."""
         rows = [f"{self.metric} (context {self.context}, {self.num_windows} windows)",
                 "k   model    copy     model_changed copy_changed changed_frac model_unseen "
                 "model_seen copy_seen seen_changed seen_frac"]
@@ -78,6 +105,21 @@ class OpenLoopReport:
                         f"{self.changed_fraction[k]:.4f}       {fmt(self.model_unseen, k):<12} "
                         f"{fmt(self.model_seen, k):<10} {fmt(self.copy_seen, k):<9} "
                         f"{fmt(self.model_seen_changed, k):<12} {fmt(self.seen_fraction, k)}")
+        if self.model_balanced:
+            rows.append("balanced accuracy (macro recall over the classes present)")
+            rows.append("k   model    copy     model_seen copy_seen")
+            for k in self.horizons:
+                rows.append(f"{k:<3d} {fmt(self.model_balanced, k):<8} {fmt(self.copy_balanced, k):<8} "
+                            f"{fmt(self.model_seen_balanced, k):<10} {fmt(self.copy_seen_balanced, k)}")
+            seen = bool(self.model_seen_class_recall)
+            model = self.model_seen_class_recall if seen else self.model_class_recall
+            copy = self.copy_seen_class_recall if seen else self.copy_class_recall
+            classes = list(dict.fromkeys(c for k in self.horizons for c in model[k]))
+            rows.append(f"recall by class, model / copy ({'seen' if seen else 'all'} cells)")
+            rows.append(f"{'class':<12} " + " ".join(f"{'k=' + str(k):<17}" for k in self.horizons))
+            for c in classes:
+                rows.append(f"{str(c):<12} " + " ".join(f"{fmt(model[k], c) + ' / ' + fmt(copy[k], c):<17}"
+                                                        if c in model[k] else f"{'-':<17}" for k in self.horizons))
         return "\n".join(rows)
 
 
@@ -120,32 +162,64 @@ def episode_windows(episodes: Sequence[Episode], length: int, stride: int | None
 
 
 def _estimate(num: np.ndarray, den: np.ndarray, rng: np.random.Generator, resamples: int = 200,
-              groups: np.ndarray | None = None) -> Estimate:
+              groups: np.ndarray | None = None,
+              statistic: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> Estimate:
     """Pooled ratio ``sum(num) / sum(den)`` with a percentile bootstrap over ``groups`` (episodes; windows
     cut from one episode are correlated, so resampling them one by one would give too narrow an interval)
-    or, when no groups are given, over windows."""
+    or, when no groups are given, over windows.
+
+    ``statistic(num_sums, den_sums)`` replaces the ratio: ``num[n C]``, ``den[n C]`` per window, the statistic
+    maps sums over windows ``[... C]`` to ``[...]`` (e.g. :func:`macro_recall`); resamples where it is NaN are
+    skipped (``n_skipped``)."""
     if groups is not None:
         _, g = np.unique(groups, return_inverse=True)
-        num, den = np.bincount(g, weights=num), np.bincount(g, weights=den)
+        num, den = _group_sum(num, g), _group_sum(den, g)
     total = float(den.sum())
     if total == 0:
         return Estimate(float("nan"), float("nan"), float("nan"), count=0)
     idx = rng.integers(0, len(num), size=(resamples, len(num)))
-    boot = num[idx].sum(1) / np.maximum(den[idx].sum(1), 1e-12)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return Estimate(float(num.sum() / total), float(lo), float(hi), n_boot=resamples, n_groups=len(num), count=int(total))
+    if statistic is None:
+        boot = num[idx].sum(1) / np.maximum(den[idx].sum(1), 1e-12)
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        return Estimate(float(num.sum() / total), float(lo), float(hi), n_boot=resamples, n_groups=len(num),
+                        count=int(total))
+    point = statistic(num.sum(0), den.sum(0))
+    boot = statistic(num[idx].sum(1), den[idx].sum(1))
+    ok = np.isfinite(boot)
+    lo, hi = np.percentile(boot[ok], [2.5, 97.5]) if ok.any() else (float("nan"), float("nan"))
+    return Estimate(float(point), float(lo), float(hi), n_boot=resamples, n_groups=len(num),
+                    n_skipped=int((~ok).sum()), count=int(total))
+
+
+def _group_sum(x: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Sums of ``x[n]`` or ``x[n C]`` over the windows of each group ``g[n]`` (indices ``0..G-1``): ``[G]`` / ``[G C]``."""
+    if x.ndim == 1:
+        return np.bincount(g, weights=x)
+    return np.stack([np.bincount(g, weights=col, minlength=int(g.max()) + 1) for col in x.T], 1)
+
+
+def macro_recall(hits: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Mean recall over the classes present: ``hits[... C]`` (cells of class ``c`` predicted as ``c``) and
+    ``cells[... C]`` (cells of class ``c``) -> ``[...]``; classes with no cell are left out (NaN if none is present)."""
+    present = cells > 0
+    recall = np.where(present, hits / np.maximum(cells, 1e-12), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return recall.sum(-1) / present.sum(-1)
 
 
 @torch.inference_mode()
 def evaluate_open_loop(model: DynamicsModel, obs: Tensor, actions: Tensor, is_first: Tensor, context: int,
                        horizons: Sequence[int] = (1, 5, 15), *, decode: Callable[[LatentState], Tensor] | None = None,
                        sample: bool = False, batch_size: int = 256, seed: int = 0,
-                       groups: Tensor | np.ndarray | None = None, positions: Tensor | None = None) -> OpenLoopReport:
+                       groups: Tensor | np.ndarray | None = None, positions: Tensor | None = None,
+                       class_names: Sequence[str] | None = None) -> OpenLoopReport:
     """Open-loop prediction quality of ``model`` on windows ``obs[b T *obs]``, ``actions[b T ...]``,
     ``is_first[b T]`` (see the module docstring). ``decode`` replaces ``model.decode`` (e.g. a decoder
     fitted on frozen latents of a model without one); ``sample`` is passed to ``imagine``; ``groups[b]``
     (e.g. ``episode_windows(...)["episode"]``) makes the intervals a bootstrap over episodes; ``positions[b T 2]``
-    (symbolic views only: the world cell at the centre of each unrotated view) adds the seen-cell split."""
+    (symbolic views only: the world cell at the centre of each unrotated view) adds the seen-cell split;
+    ``class_names`` (symbolic only: one per channel, e.g. ``worlds.lavakeydoor.CELL_NAMES``) keys the recall by
+    class (default: channel indices)."""
     horizons = tuple(sorted(set(int(k) for k in horizons)))
     if not horizons or horizons[0] < 1 or context < 1:
         raise ValueError(f"need context >= 1 and horizons >= 1, got context={context}, horizons={horizons}")
@@ -162,6 +236,13 @@ def evaluate_open_loop(model: DynamicsModel, obs: Tensor, actions: Tensor, is_fi
         if tuple(positions.shape) != (*obs.shape[:2], 2):
             raise ValueError(f"positions must have shape {(*obs.shape[:2], 2)} -- (row, col) per step, "
                              f"got {tuple(positions.shape)}")
+    if class_names is not None:
+        if spec.kind != "symbolic":
+            raise ValueError(f"class_names name the channels of symbolic observations, got obs kind {spec.kind!r}; "
+                             "pass class_names=None")
+        if len(class_names) != spec.shape[0]:
+            raise ValueError(f"class_names must name each of the {spec.shape[0]} observation channels, "
+                             f"got {len(class_names)}: {tuple(class_names)!r}")
     device = next(model.parameters()).device
     was_training = model.training
     model.train(False)  # eval mode
@@ -184,7 +265,7 @@ def evaluate_open_loop(model: DynamicsModel, obs: Tensor, actions: Tensor, is_fi
                 stats.setdefault(key, []).append(value)
     finally:
         model.train(was_training)
-    s = {k: np.concatenate(v) for k, v in stats.items()}  # each [b K]
+    s = {k: np.concatenate(v) for k, v in stats.items()}  # each [b K] (by class: [b K C])
     rng = np.random.default_rng(seed)
     col = {k: i for i, k in enumerate(horizons)}
     grp = None if groups is None else np.asarray(groups)
@@ -194,7 +275,7 @@ def evaluate_open_loop(model: DynamicsModel, obs: Tensor, actions: Tensor, is_fi
     def per_k(num: str, den: str) -> dict[int, Estimate]:
         return {k: _estimate(s[num][:, i], s[den][:, i], rng, groups=grp) for k, i in col.items()}
 
-    return OpenLoopReport(
+    report = OpenLoopReport(
         metric="accuracy" if spec.kind == "symbolic" else "mse", context=context, horizons=horizons,
         num_windows=int(obs.shape[0]), model=per_k("model", "cells"), copy=per_k("copy", "cells"),
         model_changed=per_k("model_changed", "changed"), copy_changed=per_k("copy_changed", "changed"),
@@ -205,6 +286,29 @@ def evaluate_open_loop(model: DynamicsModel, obs: Tensor, actions: Tensor, is_fi
             model_seen_changed=per_k("model_seen_changed", "seen_changed"),
             seen_fraction={k: float(s["seen"][:, i].sum() / max(s["cells"][:, i].sum(), 1)) for k, i in col.items()})),
     )
+    if spec.kind != "symbolic":
+        return report
+    # Drawn after every estimate above, so that those keep the values (and intervals) they had before.
+    names = tuple(str(c) for c in class_names) if class_names is not None else tuple(range(spec.shape[0]))
+
+    def balanced(hits: str, cells: str) -> dict[int, Estimate]:
+        return {k: _estimate(s[hits][:, i], s[cells][:, i], rng, groups=grp, statistic=macro_recall)
+                for k, i in col.items()}
+
+    def by_class(hits: str, cells: str) -> dict[int, dict[int | str, Estimate]]:
+        return {k: {names[c]: _estimate(s[hits][:, i, c], s[cells][:, i, c], rng, groups=grp)
+                    for c in range(len(names)) if s[cells][:, i, c].sum() > 0} for k, i in col.items()}
+
+    extra = dict(class_names=() if class_names is None else names,
+                 model_balanced=balanced("model_class", "class_cells"), copy_balanced=balanced("copy_class", "class_cells"),
+                 model_class_recall=by_class("model_class", "class_cells"),
+                 copy_class_recall=by_class("copy_class", "class_cells"))
+    if positions is not None:
+        extra.update(model_seen_balanced=balanced("model_seen_class", "seen_class_cells"),
+                     copy_seen_balanced=balanced("copy_seen_class", "seen_class_cells"),
+                     model_seen_class_recall=by_class("model_seen_class", "seen_class_cells"),
+                     copy_seen_class_recall=by_class("copy_seen_class", "seen_class_cells"))
+    return dataclasses.replace(report, **extra)
 
 
 def seen_cells(context_pos: Tensor, target_pos: Tensor, view: Sequence[int]) -> Tensor:
@@ -235,6 +339,8 @@ def _batch_stats(pred: Tensor, truth: Tensor, ctx: Tensor, kind: str) -> dict[st
         unseen = (y.unsqueeze(2) != cls_ctx.unsqueeze(1)).all(2).float()  # [b K h w]
         out = {"model": hit, "copy": copy_hit, "model_changed": hit * changed, "copy_changed": copy_hit * changed,
                "changed": changed, "cells": torch.ones_like(hit), "model_unseen": hit * unseen, "unseen": unseen}
+        by_class = _class_stats(hit, copy_hit, y, torch.ones_like(hit), pred.shape[2], "")
+        return {**{k: v.flatten(2).sum(2).double().cpu().numpy() for k, v in out.items()}, **by_class}
     else:
         scale = 255.0 if kind == "image" else 1.0
         y, copy = truth.float() / scale, last.float() / scale
@@ -253,4 +359,15 @@ def _seen_stats(pred: Tensor, truth: Tensor, last: Tensor, seen: Tensor) -> dict
     changed = (y != prev).float()
     out = {"model_seen": hit * m, "copy_seen": copy_hit * m, "model_seen_changed": hit * m * changed,
            "seen": m, "seen_changed": m * changed}
-    return {k: v.flatten(2).sum(2).double().cpu().numpy() for k, v in out.items()}
+    by_class = _class_stats(hit, copy_hit, y, m, pred.shape[2], "seen_")
+    return {**{k: v.flatten(2).sum(2).double().cpu().numpy() for k, v in out.items()}, **by_class}
+
+
+def _class_stats(hit: Tensor, copy_hit: Tensor, y: Tensor, mask: Tensor, channels: int, prefix: str) -> dict[str, np.ndarray]:
+    """Per-window, per-class sums ``[b K C]`` over the cells in ``mask[b K h w]``: cells of each true class
+    (``{prefix}class_cells``) and those the model / the copy baseline got right (``model_{prefix}class``,
+    ``copy_{prefix}class``); ``hit``, ``copy_hit`` ``[b K h w]`` (1 where right), ``y[b K h w]`` true classes."""
+    cls = F.one_hot(y, channels).to(hit.dtype) * mask.unsqueeze(-1)  # [b K h w C]
+    out = {f"{prefix}class_cells": cls, f"model_{prefix}class": cls * hit.unsqueeze(-1),
+           f"copy_{prefix}class": cls * copy_hit.unsqueeze(-1)}
+    return {k: v.sum((2, 3)).double().cpu().numpy() for k, v in out.items()}

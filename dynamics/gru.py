@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from dynamics.balance import ClassBalance
 from dynamics.base import ActionSpec, DynamicsModel, LatentState, LossOutput, ObsSpec
 from dynamics.networks import (ENCODER_KINDS, ObsDecoder, ObsEncoder, check_sequence, decode_with,
                                embed_actions, flatten_bt, plain_specs, recon_loss, run_gru)
@@ -60,8 +61,8 @@ def observed_prefix(is_first: Tensor, generator: torch.Generator | None = None) 
 
 
 @dataclass(frozen=True)
-class GRUConfig:
-    """Hyperparameters of :class:`GRUModel`."""
+class RecurrentConfig:
+    """Hyperparameters of the recurrent core shared by :class:`GRUModel` and :class:`~dynamics.spr.SPRModel`."""
 
     deter: int = 192
     """Width of the GRU state."""
@@ -82,6 +83,25 @@ class GRUConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.encoder not in ENCODER_KINDS:
             raise ValueError(f"encoder must be one of {ENCODER_KINDS}, got {self.encoder!r}")
+
+
+@dataclass(frozen=True)
+class GRUConfig(RecurrentConfig):
+    """Hyperparameters of :class:`GRUModel`: the recurrent core's and its reconstruction's."""
+
+    recon_balance: float = 0.5
+    """Class-balanced reconstruction of symbolic observations (ignored for image / vector ones), as in the
+    RSSM (:attr:`dynamics.rssm.RSSMConfig.recon_balance`, where it was measured): each cell's cross-entropy is
+    weighted by ``freq(class) ** -recon_balance`` (running counts over the training batches) and decoded
+    logits are corrected back to calibrated probabilities (:mod:`dynamics.balance`); 0 is the plain
+    cross-entropy. The default 0.5 is the RSSM's, for consistency between the models compared; it was not
+    tuned for the GRU."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.recon_balance <= 2.0:
+            raise ValueError(f"recon_balance must lie in [0, 2] (0.5 weights a class 10x rarer ~3x more), "
+                             f"got {self.recon_balance!r}")
 
 
 class RecurrentLatentModel(DynamicsModel):
@@ -143,20 +163,30 @@ class GRUModel(RecurrentLatentModel):
         self.encoder = ObsEncoder(obs_spec, c.embed, c.hidden, c.encoder, c.conv_depth, c.symlog)
         self.core = BlankableGRU(c.embed, action_spec.input_dim, c.hidden, c.deter)
         self.decoder = ObsDecoder(obs_spec, c.deter, c.hidden, c.encoder, c.conv_depth)
+        self.balance = (ClassBalance(obs_spec.shape[0], c.recon_balance)
+                        if c.recon_balance > 0 and obs_spec.kind == "symbolic" else None)
 
     def decode(self, state: LatentState) -> Tensor:
-        """Predicted observation ``[*lead *obs]`` (channel logits for symbolic obs)."""
-        return decode_with(self.decoder, state["feat"], self.obs_spec, self.config.symlog)
+        """Predicted observation ``[*lead *obs]`` (channel logits for symbolic obs, calibrated when balanced)."""
+        out = decode_with(self.decoder, state["feat"], self.obs_spec, self.config.symlog)
+        return out if self.balance is None else self.balance.adjust(out)
 
     def loss(self, obs: Tensor, actions: Tensor, is_first: Tensor) -> LossOutput:
         mask = observed_prefix(is_first)
         state = self._filter(obs, actions, is_first, mask)
-        per_step = recon_loss(self.decoder(flatten_bt(state["feat"])), flatten_bt(obs), self.obs_spec,
-                              self.config.symlog)
+        if self.balance is not None and self.training:
+            self.balance.update(obs)
+        per_step = self._recon(self.decoder(flatten_bt(state["feat"])), flatten_bt(obs))
         per_step = rearrange(per_step, "(b t) -> b t", b=obs.shape[0])
         loss = per_step.mean()
         m = mask.float()
         metrics = {"loss": loss, "recon_observed": (per_step * m).sum() / m.sum().clamp(min=1),
                    "recon_blank": (per_step * (1 - m)).sum() / (1 - m).sum().clamp(min=1)}
         return LossOutput(loss, {k: v.detach() for k, v in metrics.items()}, state.map(torch.Tensor.detach))
+
+    def _recon(self, pred: Tensor, target: Tensor) -> Tensor:
+        """Per-observation reconstruction loss ``[N]`` (class-balanced when ``recon_balance > 0``)."""
+        if self.balance is not None:
+            return self.balance.loss(pred, target)
+        return recon_loss(pred, target, self.obs_spec, self.config.symlog)
 

@@ -30,7 +30,7 @@ from einops import rearrange
 from torch import Tensor
 
 from dynamics.base import ActionSpec, LatentState, LossOutput, ObsSpec
-from dynamics.gru import BlankableGRU, GRUConfig, RecurrentLatentModel, observed_prefix
+from dynamics.gru import BlankableGRU, RecurrentConfig, RecurrentLatentModel, observed_prefix
 from dynamics.networks import ObsEncoder, flatten_bt, mlp
 
 
@@ -55,8 +55,8 @@ def vicreg_terms(z: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
 
 
 @dataclass(frozen=True)
-class SPRConfig(GRUConfig):
-    """Hyperparameters of :class:`SPRModel`: the recurrent core's (:class:`~dynamics.gru.GRUConfig`) and its own."""
+class SPRConfig(RecurrentConfig):
+    """Hyperparameters of :class:`SPRModel`: the recurrent core's (:class:`~dynamics.gru.RecurrentConfig`) and its own."""
 
     embed: int = 128
     """Width of the observation embedding (the latent that is predicted)."""

@@ -235,11 +235,13 @@ def plot_planning(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title:
 
 
 OPEN_LOOP_SERIES = (("model", "model"), ("copy_last_frame", "copy last frame"),
-                    ("model_changed_cells", "model, changed cells"), ("copy_changed_cells", "copy, changed cells"))
+                    ("model_changed_cells", "model, changed cells"), ("copy_changed_cells", "copy, changed cells"),
+                    ("model_balanced", "model, macro recall"), ("copy_balanced", "copy, macro recall"))
 
 
 def plot_open_loop(open_loop: Mapping[str, Mapping[str, Any]], path: str | Path, *, title: str | None = None) -> Path:
-    """Lines: open-loop per-cell accuracy vs k, the model against copying the last frame, 95% CI bands.
+    """Lines: open-loop per-cell accuracy vs k, the model against copying the last frame, 95% CI bands; dotted
+    (symbolic runs whose ``open_loop.json`` has it): the macro recall over cell classes (balanced accuracy).
 
     ``open_loop``: ``{label: open_loop.json dict}`` (one label per run compared); a dict whose
     ``skipped`` says why it has no numbers is left out.
@@ -251,7 +253,8 @@ def plot_open_loop(open_loop: Mapping[str, Mapping[str, Any]], path: str | Path,
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     colors = plt.get_cmap("tab10")
     for j, (lab, ol) in enumerate(sorted(usable.items())):
-        for key, name, style in [(k, n, "-" if "copy" not in k else "--") for k, n in OPEN_LOOP_SERIES]:
+        for key, name, style in [(k, n, ("-" if "copy" not in k else "--") if "balanced" not in k
+                                  else (":" if "copy" not in k else "-.")) for k, n in OPEN_LOOP_SERIES]:
             if not ol.get(key):
                 continue
             pts = sorted((int(k), e) for k, e in ol[key].items() if _finite(e.get("estimate")))
@@ -264,7 +267,8 @@ def plot_open_loop(open_loop: Mapping[str, Mapping[str, Any]], path: str | Path,
     metric = next(iter(usable.values())).get("metric", "accuracy")
     ax.set_xticks(sorted({int(k) for ol in usable.values() for k in ol["model"]}))
     ax.set_xlabel("steps imagined open loop (k)")
-    ax.set_ylabel(f"per-cell {metric}")
+    balanced = any(ol.get("model_balanced") for ol in usable.values())
+    ax.set_ylabel(f"per-cell {metric}" + (" / macro recall" if balanced else ""))
     ax.legend(fontsize=7)
     ax.set_title(title or "open-loop prediction vs copying the last frame (95% CI)")
     return save_figure(fig, path)

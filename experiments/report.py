@@ -40,21 +40,35 @@ def render_report(cfg: Any, summary: dict[str, Any], plots: dict[str, Any] | Non
     if "model" in ol:
         ci = _ci
 
+        def at(key: str, k: str) -> dict | None:  # a column an older open_loop.json lacks shows "-"
+            return (ol.get(key) or {}).get(k)
+
+        symbolic = ol.get("metric") == "accuracy" or "model_balanced" in ol  # older files: the columns show "-"
+        balanced = symbolic * ["model, macro recall"]
         parts += [f"Open-loop prediction on held-out ({ol['split']}) episodes: filter {ol['context']} real steps, then "
                   f"imagine k steps with the true actions and no observations ({ol['windows']} windows; per-cell "
-                  f"{ol['metric']}, 95% bootstrap CI over windows). *Changed cells* differ from the last observed frame.", "",
-                  _table(["k", "model", "copy last frame", "model, changed cells", "copy, changed cells", "changed fraction"],
-                         [[k, ci(ol["model"][k]), ci(ol["copy_last_frame"][k]), ci(ol["model_changed_cells"][k]),
-                           ci(ol["copy_changed_cells"][k]), ol["changed_fraction"][k]] for k in ol["model"]]), ""]
+                  f"{ol['metric']}, 95% bootstrap CI over windows). *Changed cells* differ from the last observed frame."
+                  + (" *Macro recall* is the mean over cell classes of the fraction of each class's cells predicted as "
+                     "that class (balanced per-cell accuracy): per-cell accuracy barely sees rare classes (key, door, "
+                     "goal, lava)." if balanced else ""), "",
+                  _table(["k", "model", *balanced, "copy last frame", *[c.replace("model", "copy") for c in balanced],
+                          "model, changed cells", "copy, changed cells", "changed fraction"],
+                         [[k, ci(ol["model"][k]), *[ci(at("model_balanced", k))] * len(balanced),
+                           ci(ol["copy_last_frame"][k]), *[ci(at("copy_balanced", k))] * len(balanced),
+                           ci(ol["model_changed_cells"][k]), ci(ol["copy_changed_cells"][k]), ol["changed_fraction"][k]]
+                          for k in ol["model"]]), ""]
         if ol.get("model_seen_cells"):
+            seen_bal = symbolic * ["model, seen, macro recall", "copy, seen, macro recall"]
             parts += ["*Seen cells* were inside an earlier observed view of the window (a model can know them); "
                       "never-seen cells can only be guessed and are reported apart.", "",
                       _table(["k", "model, seen cells", "copy, seen cells", "model, seen and changed", "seen fraction",
-                              "model, never-seen cells"],
+                              "model, never-seen cells", *seen_bal],
                              [[k, ci(ol["model_seen_cells"][k]), ci(ol["copy_seen_cells"][k]),
                                ci(ol["model_seen_changed_cells"][k]), f"{ol['seen_fraction'][k]:.3f}",
-                               ci(ol["model_unseen_cells"][k]) if k in (ol.get("model_unseen_cells") or {}) else "n/a"]
+                               ci(ol["model_unseen_cells"][k]) if k in (ol.get("model_unseen_cells") or {}) else "n/a",
+                               *([ci(at("model_seen_balanced", k)), ci(at("copy_seen_balanced", k))] if seen_bal else [])]
                               for k in ol["model_seen_cells"]]), ""]
+        parts += class_recall_section(ol)
     elif ol:
         parts += [f"Open-loop prediction: {ol.get('skipped')}.", ""]
     parts += probe_section(summary)
@@ -179,6 +193,24 @@ def probe_leaderboard(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return board
 
 
+def class_recall_section(ol: dict[str, Any], ks: tuple[str, ...] = ("1", "5")) -> list[str]:
+    """Recall by cell class at ``ks`` (seen cells when the run has them), model against copying; none for an
+    ``open_loop.json`` written before recall by class existed."""
+    seen = bool(ol.get("model_seen_class_recall"))
+    model = ol.get("model_seen_class_recall" if seen else "model_class_recall") or {}
+    copy = ol.get("copy_seen_class_recall" if seen else "copy_class_recall") or {}
+    ks = tuple(k for k in ks if k in model) or tuple(model)[:2]
+    if not ks:
+        return []
+    present = {c for k in ks for c in model[k]}
+    classes = [c for c in (ol.get("class_names") or []) if c in present] + sorted(present - set(ol.get("class_names") or []))
+    header = ["class"] + [h for k in ks for h in (f"model, k={k}", f"copy, k={k}", f"cells, k={k}")]
+    rows = [[c] + [v for k in ks for v in (_ci(model[k].get(c)), _ci((copy.get(k) or {}).get(c)),
+                                           (model[k].get(c) or {}).get("count", "-"))] for c in classes]
+    return [f"Recall by cell class on {'seen' if seen else 'all'} cells: of the cells of each class, the fraction "
+            "predicted as that class (a class absent from the targets at k shows -).", "", _table(header, rows), ""]
+
+
 def _ci(r: dict[str, Any] | None) -> str:
     if not r or r.get("estimate") is None:
         return "-"
@@ -268,16 +300,17 @@ def planning_section(summary: dict[str, Any]) -> list[str]:
         return []
     reward = details.get("reward") or {}
     cons = f" subject to {', '.join(reward['constraints'])}" if reward.get("constraints") else ""
+    shielded = any("veto_rate" in r for r in rows)  # rows '<planner>+shield' (plan.shield): a veto-rate column
     parts = ["## Planning", f"Reward `{reward.get('reward')}`{cons}; {details.get('episodes')} real episodes per row. "
              "*learned/latent*: the learned model with the reward compiled against the probes' ontology (what "
              "ontolab is for); *oracle/true*: the true simulator with the true reward (the planner alone). Rates "
              "carry exact Clopper-Pearson 95% intervals, means a bootstrap over episodes. Every episode is in "
              "`planning/episodes.csv`, every decision in `planning/decisions.csv`.", "",
              _table(["planner", "model", "reward", "probe method", "success", "violations", "true return", "steps",
-                     "ms/step"],
+                     "ms/step"] + ["vetoed decisions"] * shielded,
                     [[r["planner"], r["model"], r["reward"], r["probe_method"], _ci(r["success_rate"]),
                       _ci(r["violation_rate"]), _ci(r["mean_true_return"]), _ci(r["mean_steps"]), _ci(r["ms_per_step"])]
-                     for r in rows]), ""]
+                     + [_ci(r.get("veto_rate"))] * shielded for r in rows]), ""]
     for q in details.get("quality_bar") or []:
         ratio = q["success_ratio_to_oracle"]
         verdict = "meets" if q["passes"] else "falls short of"

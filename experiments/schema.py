@@ -148,6 +148,16 @@ class PlanSection:
                                                  help="CEM samples per iteration, paired with overopt_cem_iterations")
     overopt_cem_iterations: tuple[int, ...] = field((1, 2, 3, 4, 5, 6),
                                                     help="CEM iterations, paired with overopt_cem_samples")
+    shield: bool = field(False, help="also run every learned-model planner wrapped in a shield (rows '<planner>+shield'): "
+                                     "a first action is vetoed when its imagined rollouts violate the constraints with "
+                                     "probability above shield_threshold (needs plan.constraints)")
+    shield_threshold: float = field(0.05, help="veto a first action whose imagined violation probability exceeds this")
+    shield_samples: int = field(16, help="sampled imaginations (model's stochastic latents) per shield rollout; 1: the mode only")
+    shield_continuations: int = field(1, help="action tails imagined after each candidate first action (1: the planner's own "
+                                              "tail; more add random ones) and risk is that of the safest tail -- a minimum "
+                                              "over noisy per-tail estimates, biased low: with 32 tails x 4 samples the "
+                                              "quickstart shield never vetoed")
+    shield_horizon: int | None = field(None, help="imagined steps of the shield's rollouts (null: plan.horizon)")
 
     def __post_init__(self) -> None:
         from planning.planner import PLANNER_NAMES
@@ -175,6 +185,30 @@ class PlanSection:
             RewardSpec(self.reward or "0", tuple(self.constraints))
         except RewardError as e:
             raise ConfigError(f"plan: {e}") from None
+        self._check_shield()
+
+    def _check_shield(self) -> None:
+        """The shield's keys; it needs constraints, and a probability cost needs room (plan.cost_limit > 0)."""
+        from rewards import RewardSpec
+
+        for k in ("shield_samples", "shield_continuations"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"plan.{k} must be a positive integer, got {getattr(self, k)}")
+        if self.shield_horizon is not None and self.shield_horizon < 1:
+            raise ConfigError(f"plan.shield_horizon must be a positive integer or null, got {self.shield_horizon}")
+        if not 0.0 <= self.shield_threshold < 1.0:
+            raise ConfigError(f"plan.shield_threshold must lie in [0, 1), got {self.shield_threshold}")
+        if not self.shield:
+            return
+        if not self.constraints:
+            raise ConfigError("plan.shield=true needs constraints to veto on, got plan.constraints=[]; set e.g. "
+                              "plan.constraints=['never in_lava'] or plan.shield=false")
+        probs = sorted({u.name for u in RewardSpec("0", tuple(self.constraints)).concepts() if u.mode == "prob"})
+        if probs and self.cost_limit <= 0:
+            raise ConfigError(f"plan.shield: the constraints read probabilities {probs}, whose summed cost is > 0 on every "
+                              f"imagined rollout, so with plan.cost_limit={self.cost_limit} every action is vetoed; set "
+                              f"plan.cost_limit > 0 (expected violations allowed per rollout, e.g. 0.5) or constrain the "
+                              f"value (e.g. 'never in_lava')")
 
 
 @dataclass(frozen=True)

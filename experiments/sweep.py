@@ -57,7 +57,7 @@ from experiments.schema import ALIASES, CONFIG_DIR, RunConfig, resolve
 
 SEED_KEYS = ("seeds", "seed")
 PLAN_METRICS = ("success_rate", "violation_rate", "mean_true_return")
-OPEN_LOOP_SERIES = ("model", "copy_last_frame", "model_changed_cells", "copy_changed_cells")
+OPEN_LOOP_SERIES = ("model", "copy_last_frame", "model_changed_cells", "copy_changed_cells", "model_balanced", "copy_balanced")
 ONE_SEED = "one seed: the run's bootstrap interval over episodes (no spread over seeds to estimate)"
 T_OVER_SEEDS = "t-interval over seeds"
 

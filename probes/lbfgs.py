@@ -95,6 +95,15 @@ def _loss_resid(kind: str, u: Tensor, t: Tensor, mask: Tensor | None, n: int) ->
     return loss, r
 
 
+def _resid(kind: str, u: Tensor, t: Tensor, mask: Tensor | None) -> Tensor:
+    """``d loss_i / d s_i`` ``[m k n]`` only (at a point whose loss the line search already has)."""
+    if kind == "binary":
+        return (torch.sigmoid(u[:, 0]) - t)[:, None]
+    r = torch.softmax(u.masked_fill(mask[:, :, None], -torch.inf), 1)
+    r.scatter_add_(1, t[:, None, :], torch.full_like(r[:, :1], -1.0))  # softmax - one-hot
+    return r
+
+
 def _loss(kind: str, u: Tensor, t: Tensor, mask: Tensor | None, n: int) -> Tensor:
     """Mean loss ``[m]`` only (the line search's trial points)."""
     if kind == "binary":
@@ -149,13 +158,14 @@ def glm_lbfgs(design: Design, kind: str, targets: Tensor, l2: Tensor, theta0: Te
     f, r = _loss_resid(kind, s_x, t_act, mask_act, n)
     f = f + penalty(x, lam)
     g = grad(r, x, lam)
-    # c: the mean GLM weight at the start (all predictions at the base rate): exact curvature there
+    # c: the mean GLM weight at the start (from zero weights, all predictions at the base rate: the
+    # exact curvature there; from a warm start, its average over the rows)
     if kind == "binary":
-        p = torch.sigmoid(x[:, 0, d])
-        c = (p * (1 - p)).clamp(1e-6, 0.25)[:, None]
+        p = torch.sigmoid(s_x[:, 0])
+        c = (p * (1 - p)).mean(1).clamp(1e-6, 0.25)[:, None]
     else:
-        prob = torch.softmax(x[..., d].masked_fill(mask, -torch.inf), 1)
-        c = (prob * (1 - prob)).sum(1).div(kc.to(dt)).clamp(1e-6, 0.5)[:, None]
+        prob = torch.softmax(s_x.masked_fill(mask[:, :, None], -torch.inf), 1)
+        c = (prob * (1 - prob)).sum(1).mean(1).div(kc.to(dt)).clamp(1e-6, 0.5)[:, None]
     ss: list[Tensor] = []
     ys: list[Tensor] = []
     rhos: list[Tensor] = []
@@ -227,7 +237,7 @@ def glm_lbfgs(design: Design, kind: str, targets: Tensor, l2: Tensor, theta0: Te
         sd_ = step.to(dt)[:, None, None]
         x_new = x + sd_ * D
         s_new = u_all if bool((step == 1).all()) else s_x + sd_ * s_d
-        _, r = _loss_resid(kind, s_new, t_act, mask_act, n)
+        r = _resid(kind, s_new, t_act, mask_act)  # (its loss is f_new, from the line search)
         g_new = grad(r, x_new, lam)
         # 4. curvature pair and the preconditioner's scale c; a pair with s.y <= 0 is stored inert
         s_, y_ = x_new - x, g_new - g

@@ -60,6 +60,9 @@ class VectorWorld(ABC):
     view_position_concepts: ClassVar[tuple[str, str] | None] = None
     """For an egocentric grid view that is NOT rotated with the agent: the (row, column) concepts of the
     world cell at the view's centre, so evaluation can tell cells seen before from never-seen ones."""
+    cell_names: ClassVar[tuple[str, ...] | None] = None
+    """For a symbolic observation: the name of each channel (cell class), so evaluation can report recall by
+    class (e.g. lavakeydoor's ``("empty", "wall", "lava", ...)``)."""
 
     obs_kind: ClassVar[str] = "vector"
     """``"symbolic"`` (one-hot uint8 channels ``[c h w]``, exactly one channel set per cell),

@@ -336,6 +336,7 @@ class MiniGridLavaCrossing(GymAdapterWorld):
     families = LAVA_FAMILIES
     ood_families = ("S11N5",)
     obs_kind = "symbolic"
+    cell_names = CELL_CLASSES
 
     def __init__(self, num_envs: int = 1, params: MiniGridLavaCrossingParams = MiniGridLavaCrossingParams(),
                  seed: int | None = None):
@@ -374,6 +375,7 @@ class MiniGridDoorKey(GymAdapterWorld):
     families = DOORKEY_FAMILIES
     ood_families = ("8x8",)
     obs_kind = "symbolic"
+    cell_names = CELL_CLASSES
 
     def __init__(self, num_envs: int = 1, params: MiniGridDoorKeyParams = MiniGridDoorKeyParams(),
                  seed: int | None = None):

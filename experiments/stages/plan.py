@@ -10,7 +10,33 @@ stream of layouts):
   concepts: the planner alone)};
 * one learned-model row per ontology in the probes folder (``ontology/``, plus ``ontologies/<method>/``
   where the probe stage wrote per-method ones), so probe methods are compared by behaviour;
-* baselines: a random policy and the world's oracle policy.
+* baselines: a random policy and the world's oracle policy;
+* with ``plan.shield=true``, every learned-model row again with its planner wrapped in a
+  :class:`planning.Shield` (planner ``"<name>+shield"``, same model/reward/probe_method), side by side.
+
+The shield, as run here: after the planner proposes a first action, every discrete action (for
+continuous ones: the proposal, the centre and random candidates) is imagined by the learned model,
+followed by ``plan.shield_continuations`` tails (the planner's own plan tail and random ones) over
+``plan.shield_horizon`` steps, each ``plan.shield_samples`` times with ``sample=True`` (the model's
+stochastic latents drawn from its prior; 1 sample: the mode only). A rollout *violates* when its summed
+constraint cost, read off the imagined latents by the same probes as the reward, exceeds
+``plan.cost_limit``; an action's risk is the violating fraction of its samples under its safest tail,
+and the proposal is vetoed when that exceeds ``plan.shield_threshold`` (the safest action, then the best
+imagined return, is executed instead). What the cost is depends on how the constraint is written
+(:mod:`rewards.compile`): ``never in_lava`` reads the probe's *hard* prediction (argmax), so the cost
+of a step is an indicator and a rollout violates when the probe says lava at any imagined step (with
+``cost_limit=0``); the risk is then the fraction of sampled futures in which the argmax flips to lava
+-- a step the probe reads at p(lava) = 0.4 is only caught if sampling pushes it over 0.5.
+``never p(in_lava)`` makes the cost the expected number of lava steps, which is > 0 on every rollout:
+the config then requires ``plan.cost_limit > 0`` (a veto means more than that many expected lava steps
+in more than ``shield_threshold`` of the samples). The planner's own feasibility uses the same
+``cost_limit``. The shield vetoes what the model *predicts* to violate: it cannot catch a lava cell the
+model or the probe does not see. Metrics rows of shielded runs add ``veto_rate`` (fraction of decisions
+vetoed, bootstrap interval over episodes); ``decisions.csv`` marks each veto (``vetoed``).
+Why ``plan.shield_continuations`` defaults to 1: the risk is a minimum over tails of per-tail estimates
+from ``shield_samples`` draws each, and a minimum of noisy estimates is biased low -- a first step that
+violates in 30% of draws gets risk 0 under some tail with probability 1 - (1 - 0.7^4)^32 ~ 1 for 32
+tails x 4 samples (on the quickstart: 0 vetoes in 4800 decisions, 11/20 lava episodes unchanged).
 
 Writes ``episodes.csv`` (one row per episode), ``decisions.csv`` (one row per planning decision:
 predicted return, elite spread, latency) and ``metrics.json``: ``rows`` (per planner x model x reward
@@ -52,6 +78,8 @@ EPISODE_COLUMNS = ("planner", "model", "reward", "probe_method", "episode", "env
 DECISION_COLUMNS = ("planner", "model", "reward", "probe_method", "episode", "step", "predicted_return",
                     "predicted_cost", "elite_spread", "latency_ms", "vetoed")
 QUALITY_BAR = {"success_ratio_to_oracle": 0.8, "max_violation_rate": 0.05}
+SHIELD_SUFFIX = "+shield"
+"""Appended to the planner name of a shielded row."""
 POOR = {"balanced_accuracy": 0.75, "r2": 0.5}
 """Below these, a probe of a reward concept reads the visited states poorly (used only to word the diagnosis)."""
 
@@ -146,7 +174,7 @@ def run_plan(cfg: RunConfig, dynamics_dir: Path, probes_dir: Path, out: Path, *,
         return result
 
     from dynamics.training import load_model
-    from planning import concept_reward, make_planner, oracle_model
+    from planning import Shield, concept_reward, make_planner, oracle_model
     from planning.closed_loop import (LatentFilter, ModelPlannerPolicy, OraclePolicy, RandomPolicy,
                                       TrueStatePlannerPolicy, run_closed_loop)
     from rewards import RewardSpec
@@ -187,10 +215,14 @@ def run_plan(cfg: RunConfig, dynamics_dir: Path, probes_dir: Path, out: Path, *,
                 skipped[tag] = why
                 continue
             reward_fn = concept_reward(spec.compile(world.schema), ontology.resolver)
-            planner = make_planner(name, model, reward_fn, p.horizon, **_planner_kwargs(name, cfg, world))
-            policy = ModelPlannerPolicy(model, planner, n, context=p.context, device=device, **observer_kw(ontology))
-            run({"planner": name, "model": "learned", "reward": "latent", "probe_method": label or _probe_method(spec, ontology)},
-                policy, ontology)
+            labels = {"model": "learned", "reward": "latent", "probe_method": label or _probe_method(spec, ontology)}
+            for shielded in (False, True) if p.shield else (False,):
+                planner = make_planner(name, model, reward_fn, p.horizon, **_planner_kwargs(name, cfg, world))
+                if shielded:
+                    planner = Shield(planner, threshold=p.shield_threshold, horizon=p.shield_horizon,
+                                     continuations=p.shield_continuations, model_samples=p.shield_samples, seed=cfg.seed)
+                policy = ModelPlannerPolicy(model, planner, n, context=p.context, device=device, **observer_kw(ontology))
+                run({"planner": name + SHIELD_SUFFIX * shielded, **labels, "shielded": shielded}, policy, ontology)
         planner = make_planner(name, oracle, oracle.true_reward(spec), p.horizon, **_planner_kwargs(name, cfg, world))
         run({"planner": name, "model": "oracle", "reward": "true", "probe_method": None},
             TrueStatePlannerPolicy(oracle, planner, n, device=device))
@@ -239,7 +271,7 @@ def _overoptimisation(cfg: RunConfig, model, oracle, spec, ontology, imaginable:
 
 
 def _metrics(cfg: RunConfig, world, spec, runs, probes_dir: Path, skipped: dict[str, str]) -> dict[str, Any]:
-    from planning.evaluation import summarize, visited_accuracy
+    from planning.evaluation import mean_estimate, summarize, visited_accuracy
     from probes.results import read_results_csv
 
     p = cfg.plan
@@ -253,6 +285,10 @@ def _metrics(cfg: RunConfig, world, spec, runs, probes_dir: Path, skipped: dict[
         key = {k: labels[k] for k in ("planner", "model", "reward", "probe_method")}
         rows.append({**key, "episodes": s.episodes, **{k: _est(v) for k, v in s.metrics().items()},
                      "predicted_return": _est(s.predicted_return), "seconds": labels["seconds"]})
+        if labels.get("shielded"):  # fraction of decisions vetoed, episodes resampled
+            d = log.decisions
+            rows[-1]["veto_rate"] = _est(mean_estimate(d.vetoed.astype(np.float64), groups=d.episode, n_boot=p.n_boot,
+                                                       seed=cfg.seed))
         if ontology is None or not log.visited.readings:
             continue
         for concept, metrics in visited_accuracy(log, world.schema, n_boot=p.n_boot, seed=cfg.seed).items():
@@ -290,7 +326,7 @@ def quality_bar(rows: list[dict[str, Any]], shift: list[dict[str, Any]]) -> list
         better = r["success_rate"]["ci_low"] > rand["success_rate"]["ci_high"] or \
             r["mean_true_return"]["ci_low"] > rand["mean_true_return"]["ci_high"]
         passes = ok and better
-        true_row = by.get((r["planner"], "oracle", "true", None))
+        true_row = by.get((r["planner"].removesuffix(SHIELD_SUFFIX), "oracle", "true", None))
         diagnosis = None
         if not passes:
             reward_shift = [s for s in shift if s["planner"] == r["planner"] and s["model"] == "learned"

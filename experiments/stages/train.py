@@ -88,9 +88,26 @@ def _view_positions(ds: TrajectoryDataset) -> tuple[str, str] | None:
     return concepts if concepts and ds.obs_spec.get("obs_kind") == "symbolic" else None
 
 
+def _cell_names(ds: TrajectoryDataset) -> tuple[str, ...] | None:
+    """The world's names of the symbolic observation's channels (for recall by class), when it declares one per channel."""
+    from worlds.registry import get_world
+
+    if ds.obs_spec.get("obs_kind") != "symbolic":
+        return None
+    try:
+        names = get_world(ds.world_name).cls.cell_names
+    except ValueError:  # a dataset of a world this install does not register: recall keyed by channel index
+        return None
+    return tuple(names) if names and len(names) == int(ds.obs_spec["shape"][0]) else None
+
+
 def evaluate_stage(model, data_path: Path, out: Path, *, split: str = "test", context: int = 10,
                    horizons: tuple[int, ...] = (1, 5, 15), seed: int = 0) -> dict:
-    """Open-loop quality on held-out episodes vs copy-the-last-frame, with 95% CIs -> ``open_loop.json``."""
+    """Open-loop quality on held-out episodes vs copy-the-last-frame, with 95% CIs -> ``open_loop.json``.
+
+    Symbolic observations add recall by cell class and its macro average (balanced per-cell accuracy), all cells
+    and seen cells: ``model_balanced``, ``copy_balanced``, ``model_class_recall`` (``{k: {class: estimate with
+    count}}``), ``copy_class_recall``, their ``*_seen_*`` versions and ``class_names``."""
     from dynamics.evaluate import episode_windows, evaluate_open_loop
     from experiments.provenance import write_json
 
@@ -105,10 +122,13 @@ def evaluate_stage(model, data_path: Path, out: Path, *, split: str = "test", co
         positions = _view_positions(ds)
         w = episode_windows(episodes, context + max(horizons), stride=max(horizons), position_concepts=positions)
         rep = evaluate_open_loop(model, w["obs"], w["actions"], w["is_first"], context, horizons, seed=seed,
-                                 groups=w["episode"], positions=w.get("positions"))
+                                 groups=w["episode"], positions=w.get("positions"), class_names=_cell_names(ds))
 
         def est(d):
             return {str(k): e.as_json() for k, e in d.items()}
+
+        def by_class(d):  # with the number of cells of each class: a recall over 12 cells is not one over 12000
+            return {str(k): {str(c): {**e.as_json(), "count": e.count} for c, e in per.items()} for k, per in d.items()}
 
         result = {"split": split, "metric": rep.metric, "context": context, "windows": rep.num_windows,
                   "episodes": int(w["episode"].unique().numel()),
@@ -120,5 +140,15 @@ def evaluate_stage(model, data_path: Path, out: Path, *, split: str = "test", co
             result.update({"model_seen_cells": est(rep.model_seen), "copy_seen_cells": est(rep.copy_seen),
                            "model_seen_changed_cells": est(rep.model_seen_changed),
                            "seen_fraction": {str(k): v for k, v in rep.seen_fraction.items()}})
+        if rep.model_balanced:  # symbolic: recall by cell class, where per-cell accuracy hides the rare classes
+            result.update({"class_names": [str(c) for c in rep.class_names] or None,
+                           "model_balanced": est(rep.model_balanced), "copy_balanced": est(rep.copy_balanced),
+                           "model_class_recall": by_class(rep.model_class_recall),
+                           "copy_class_recall": by_class(rep.copy_class_recall)})
+        if rep.model_seen_balanced:
+            result.update({"model_seen_balanced": est(rep.model_seen_balanced),
+                           "copy_seen_balanced": est(rep.copy_seen_balanced),
+                           "model_seen_class_recall": by_class(rep.model_seen_class_recall),
+                           "copy_seen_class_recall": by_class(rep.copy_seen_class_recall)})
     write_json(result, out / "open_loop.json")
     return result

@@ -271,6 +271,115 @@ def test_intervals_resample_episodes_not_windows():
     assert width(grouped) > 2.5 * width(naive)  # sqrt(10) ~ 3.2 for fully correlated windows
 
 
+
+# -- recall by class and macro recall (balanced per-cell accuracy) --------------------------------------------
+class ShiftModel(CopyModel):
+    """Predicts the last observed frame shifted one column right, with every cell of column 0 called class 4
+    (a class that never occurs in ``ego_walk`` targets): errors on every class, and a prediction of an absent class."""
+
+    def decode(self, state: LatentState) -> Tensor:
+        out = state.feat.roll(1, -1).clone()
+        out[..., 4, :, 0] = 2.0
+        return out
+
+
+def _recall_reference(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray, channels: int) -> tuple[dict, float]:
+    """Recall of each class present, and their mean, counted one cell at a time: ``pred``, ``truth``, ``mask [b h w]``."""
+    hits, cells = [0] * channels, [0] * channels
+    for idx in np.ndindex(*truth.shape):
+        if mask[idx]:
+            cells[truth[idx]] += 1
+            hits[truth[idx]] += int(pred[idx] == truth[idx])
+    recall = {c: hits[c] / cells[c] for c in range(channels) if cells[c]}
+    return recall, sum(recall.values()) / len(recall)
+
+
+NAMES = ("floor", "wall", "lava", "outside", "goal")
+
+
+@pytest.fixture(scope="module")
+def walk5():
+    """``ego_walk`` with a fifth channel that no cell has (class ``goal`` is absent from every target)."""
+    obs, actions, first, pos = ego_walk(30, 9, seed=11, view=3)
+    return torch.cat([obs, torch.zeros_like(obs[:, :, :1])], 2), actions, first, pos
+
+
+def test_recall_by_class_and_macro_recall_match_a_hand_loop(walk5):
+    obs, actions, first, pos = walk5
+    context, horizons = 3, (1, 4)
+    report = evaluate_open_loop(ShiftModel((5, 3, 3)), obs, actions, first, context=context, horizons=horizons,
+                                positions=pos, class_names=NAMES, batch_size=7)
+    cls = obs.argmax(2).numpy()  # [b t h w]
+    last = cls[:, context - 1]
+    shifted = np.roll(last, 1, -1)
+    shifted[..., 0] = 4
+    assert report.class_names == NAMES
+    for k in horizons:
+        truth = cls[:, context - 1 + k]
+        everywhere, seen = np.ones_like(truth, bool), _seen_reference(pos.numpy(), context, k, 3)
+        for mask, model_recall, copy_recall, model_bal, copy_bal in [
+            (everywhere, report.model_class_recall, report.copy_class_recall, report.model_balanced, report.copy_balanced),
+            (seen, report.model_seen_class_recall, report.copy_seen_class_recall, report.model_seen_balanced,
+             report.copy_seen_balanced)]:
+            for pred, recall, balanced in [(shifted, model_recall, model_bal), (last, copy_recall, copy_bal)]:
+                ref, macro = _recall_reference(pred, truth, mask, 5)
+                assert set(recall[k]) == {NAMES[c] for c in ref} and "goal" not in recall[k]  # absent: left out
+                for c, r in ref.items():
+                    assert recall[k][NAMES[c]].estimate == pytest.approx(r)
+                    assert recall[k][NAMES[c]].count == int((mask & (truth == c)).sum())
+                assert balanced[k].estimate == pytest.approx(macro)  # the mean over the 4 classes present only
+                assert balanced[k].lower <= balanced[k].estimate <= balanced[k].upper
+                assert balanced[k].count == int(mask.sum())
+    # the per-cell accuracy is unchanged and differs from the balanced one
+    assert report.model[1].estimate == pytest.approx((shifted == cls[:, context]).mean())
+    assert report.model_balanced[1].estimate != pytest.approx(report.model[1].estimate)
+    text = report.summary()
+    assert "macro recall" in text and "lava" in text and "goal" not in text
+
+
+def test_copy_model_recall_equals_the_copy_baselines_and_indices_key_it_without_names(walk5):
+    obs, actions, first, pos = walk5
+    report = evaluate_open_loop(CopyModel((5, 3, 3)), obs, actions, first, context=3, horizons=(2,), groups=np.arange(30) // 4)
+    assert report.class_names == () and report.model_seen_class_recall == {}
+    assert set(report.model_class_recall[2]) == {0, 1, 2, 3}
+    for c, e in report.model_class_recall[2].items():
+        assert e.estimate == report.copy_class_recall[2][c].estimate and e.n_groups == 8
+    assert report.model_balanced[2].estimate == report.copy_balanced[2].estimate
+
+
+def test_class_names_are_checked(walk5):
+    obs, actions, first, _ = walk5
+    with pytest.raises(ValueError, match="must name each of the 5 observation channels, got 2"):
+        evaluate_open_loop(CopyModel((5, 3, 3)), obs, actions, first, context=3, horizons=(1,), class_names=("a", "b"))
+    vec, vact, vfirst = walk(4, 6, vector=True)
+    with pytest.raises(ValueError, match="class_names name the channels of symbolic"):
+        evaluate_open_loop(WalkModel(True, True), vec, vact, vfirst, context=2, horizons=(1,), class_names=("x", "y"))
+    assert evaluate_open_loop(WalkModel(True, True), vec, vact, vfirst, context=2, horizons=(1,)).model_balanced == {}
+
+
+def test_macro_recall_interval_is_a_bootstrap_over_groups_of_the_per_class_sums():
+    """The same resamples as a hand loop: draw groups with replacement, pool each class, average the recalls."""
+    from dynamics.evaluate import _estimate, macro_recall
+
+    rng = np.random.default_rng(0)
+    cells = rng.integers(0, 6, size=(40, 3)).astype(float)
+    cells[:, 2] = np.where(rng.random(40) < 0.2, cells[:, 2], 0)  # a rare class, absent from most windows
+    hits = np.floor(cells * rng.uniform(0.2, 1.0, size=(40, 3)))
+    groups = np.repeat(np.arange(10), 4)
+    got = _estimate(hits, cells, np.random.default_rng(5), resamples=300, groups=groups, statistic=macro_recall)
+    gh = np.stack([hits[groups == g].sum(0) for g in range(10)])
+    gc = np.stack([cells[groups == g].sum(0) for g in range(10)])
+    idx = np.random.default_rng(5).integers(0, 10, size=(300, 10))
+    boot = []
+    for row in idx:
+        h, c = gh[row].sum(0), gc[row].sum(0)
+        boot.append(np.mean([h[j] / c[j] for j in range(3) if c[j] > 0]))
+    assert got.estimate == pytest.approx(np.mean([gh[:, j].sum() / gc[:, j].sum() for j in range(3)]))
+    assert (got.lower, got.upper) == pytest.approx(tuple(np.percentile(boot, [2.5, 97.5])))
+    assert got.n_groups == 10 and got.count == int(cells.sum())
+    assert np.isnan(macro_recall(np.zeros(3), np.zeros(3)))  # no class present: undefined
+
+
 # -- the quality bar on the default world ----------------------------------------------------------
 def lavakeydoor_streams(num_envs: int, steps: int, seed: int, epsilon: float = 0.3) -> dict[str, Any]:
     """In-memory lavakeydoor experience ``[n steps ...]`` from a 50/50 mixture of an epsilon-oracle and random play

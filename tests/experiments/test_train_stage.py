@@ -46,3 +46,22 @@ def test_no_seen_split_without_view_positions(dataset, tmp_path, monkeypatch):
     result = evaluate_stage(model, path, tmp_path, split="train", context=5, horizons=(1,))
     assert "model_seen_cells" not in result and "model" in result
     assert TrajectoryDataset.open(path).world_name == "lavakeydoor"
+
+
+def test_recall_by_cell_class_is_reported_with_the_worlds_cell_names(dataset, tmp_path):
+    from worlds.lavakeydoor import CELL_NAMES
+
+    path, world = dataset
+    torch.manual_seed(0)
+    model = build_model("gru", ObsSpec.from_manifest(obs_spec_of(world)), ActionSpec.from_manifest(action_spec_of(world)),
+                        deter=16, hidden=16, embed=16).train(False)
+    result = evaluate_stage(model, path, tmp_path, split="train", context=5, horizons=(1, 3))
+    assert result["class_names"] == list(CELL_NAMES)
+    for key in ("model_balanced", "copy_balanced", "model_seen_balanced", "copy_seen_balanced"):
+        assert set(result[key]) == {"1", "3"} and 0.0 <= result[key]["3"]["estimate"] <= 1.0
+    recall = result["model_seen_class_recall"]["1"]
+    assert set(recall) <= set(CELL_NAMES) and {"empty", "wall"} <= set(recall)
+    assert sum(e["count"] for e in recall.values()) > 0
+    # the macro recall is the mean of the per-class recalls
+    assert result["copy_balanced"]["1"]["estimate"] == pytest.approx(
+        sum(e["estimate"] for e in result["copy_class_recall"]["1"].values()) / len(result["copy_class_recall"]["1"]))

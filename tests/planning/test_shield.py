@@ -71,3 +71,26 @@ def test_shield_on_continuous_actions(toys):
     action, info = shield.plan(state)
     assert info.vetoed and 0.0 <= float(action) <= 0.5      # the best candidate that keeps x <= 1
     assert float(action) > 0.3                                # (32 uniform candidates: one lands close to 0.5)
+
+
+def test_shield_risk_is_not_biased_low_by_choosing_among_many_noisy_tails(toys):
+    """Action 2 violates w.p. 0.3 whatever follows. With 32 tails x 4 samples, the minimum over tails of
+    the per-tail estimates is ~0 (some tail's 4 draws are all safe); the re-estimate on fresh draws is not."""
+    torch.manual_seed(0)
+    model = toys.ChainModel(key=(2, 2, 2, 2), risk=0.3)
+    planner = make_planner("exhaustive", model, toys.chain_reward, 2)
+    shield = Shield(planner, threshold=0.1, model_samples=4, continuations=32)
+    risks = []
+    for _ in range(30):
+        shield.plan(model.state())
+        risks.append(float(shield.last_risk[2]))
+    naive = []
+    for _ in range(30):    # the biased estimator this replaces: min over tails of the per-tail rates
+        first = torch.tensor([2])
+        tails = shield._tails(model.state(), 32)
+        seqs = torch.cat([first.expand(32, 1), tails], 1).repeat_interleave(4, 0)
+        from planning.rollout import score_sequences
+        sc = score_sequences(model, model.state(), seqs, toys.chain_reward, 1.0, sample=True)
+        naive.append(float((sc.costs > 0).float().view(32, 4).mean(1).min()))
+    assert sum(naive) / len(naive) < 0.05
+    assert 0.2 < sum(risks) / len(risks) < 0.4

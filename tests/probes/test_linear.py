@@ -68,11 +68,14 @@ def test_noise_labels_score_at_chance_on_held_out_data(concept):
         assert abs(s - 1 / concept.num_classes) < 0.05
 
 
-def test_batched_grid_matches_scikit_learn_for_every_concept_and_lambda():
+@pytest.mark.parametrize("lambdas", [LAMBDAS, [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 1.0]], ids=["short", "warm_path"])
+def test_batched_grid_matches_scikit_learn_for_every_concept_and_lambda(lambdas):
     # Agreement is limited by scikit-learn's own stopping (gradient ~1e-8): the error in the weights
     # is about gradient / smallest curvature, so the planted signal is moderate (curvature >> 1e-4).
+    # "warm_path" is long enough that the weakest penalties start from a stronger one's solution
+    # (probes.linear.WARM_LAMBDAS): they must still converge to scikit-learn's answer.
     x, ys, xv, yvs = split(600, 200, signal=0.5)
-    res = fit_grid({"h": x}, ys, CONCEPTS, LAMBDAS, {"h": xv}, yvs, dtype=torch.float64)
+    res = fit_grid({"h": x}, ys, CONCEPTS, lambdas, {"h": xv}, yvs, dtype=torch.float64)
     n = x.shape[0]
     for c in CONCEPTS:
         for li, lam in enumerate(res.lambdas):

@@ -137,6 +137,7 @@ class LavaKeyDoor(VectorWorld):
     families = L.FAMILIES
     ood_families = L.OOD_FAMILIES
     view_position_concepts = ("agent_row", "agent_col")  # the 5x5 view is translated, never rotated
+    cell_names = L.CELL_NAMES  # the symbolic view's channels (obs_mode="rgb" has none; callers check obs_kind)
     obs_kind = "symbolic"
 
     def __init__(self, num_envs: int, params: LavaKeyDoorParams = LavaKeyDoorParams(), seed: int | None = None):
