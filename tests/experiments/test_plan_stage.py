@@ -128,7 +128,7 @@ def _row(planner: str, model, success: float, violations: float, ret: float) -> 
     (None, "probe error", "history baseline"),
 ])
 def test_diagnosis_says_whether_a_poorly_read_reward_concept_is_knowable_from_the_history(history, expected, absent):
-    from experiments.stages.plan import quality_bar
+    from experiments.stages.verdict import quality_bar
 
     rows = [_row("discrete_cem", "learned", 0.0, 0.0, -1.6), _row("oracle", None, 1.0, 0.0, 0.9),
             _row("random", None, 0.1, 0.7, -1.1)]
