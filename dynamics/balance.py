@@ -26,6 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dynamics.base import ObsSpec
+from dynamics.networks import recon_loss
+
 
 class ClassBalance(nn.Module):
     """Per-class weights ``[c]`` from running observation counts; weighted CE and logit adjustment."""
@@ -34,8 +37,7 @@ class ClassBalance(nn.Module):
         super().__init__()
         if channels < 2:
             raise ValueError(f"class balancing needs >= 2 observation channels, got {channels}")
-        if power < 0:
-            raise ValueError(f"recon_balance must be >= 0, got {power!r}")
+        check_recon_balance(power)
         self.power = float(power)
         self.register_buffer("counts", torch.zeros(channels, dtype=torch.float64))
 
@@ -65,3 +67,21 @@ class ClassBalance(nn.Module):
     def adjust(self, logits: Tensor) -> Tensor:
         """Calibrated logits ``[... c h w]``: ``logits - log w`` along the channel axis."""
         return logits - self.weights().to(logits.dtype).log()[:, None, None]
+
+
+def check_recon_balance(power: float) -> None:
+    """Refuse a ``recon_balance`` outside ``[0, 2]`` (the models' config validation)."""
+    if not 0.0 <= power <= 2.0:
+        raise ValueError(f"recon_balance must lie in [0, 2] (0.5 weights a class 10x rarer ~3x more), got {power!r}")
+
+
+def class_balance_for(obs_spec: ObsSpec, power: float) -> ClassBalance | None:
+    """The balance a model with ``recon_balance=power`` keeps: ``None`` at 0 and for image / vector observations."""
+    return ClassBalance(obs_spec.shape[0], power) if power > 0 and obs_spec.kind == "symbolic" else None
+
+
+def balanced_recon_loss(balance: ClassBalance | None, pred: Tensor, target: Tensor, obs_spec: ObsSpec,
+                        use_symlog: bool = True) -> Tensor:
+    """Per-observation reconstruction loss ``[N]``: class-balanced when ``balance`` is set, else
+    :func:`dynamics.networks.recon_loss`."""
+    return recon_loss(pred, target, obs_spec, use_symlog) if balance is None else balance.loss(pred, target)

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from dynamics.balance import ClassBalance
+from dynamics.balance import balanced_recon_loss, check_recon_balance, class_balance_for
 from dynamics.base import ActionSpec, DynamicsModel, LatentState, LossOutput, ObsSpec
 from dynamics.networks import (ENCODER_KINDS, ObsDecoder, ObsEncoder, check_sequence, decode_with,
-                               embed_actions, flatten_bt, plain_specs, recon_loss, run_gru)
+                               embed_actions, flatten_bt, plain_specs, run_gru)
 
 
 class BlankableGRU(nn.Module):
@@ -99,9 +99,7 @@ class GRUConfig(RecurrentConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 <= self.recon_balance <= 2.0:
-            raise ValueError(f"recon_balance must lie in [0, 2] (0.5 weights a class 10x rarer ~3x more), "
-                             f"got {self.recon_balance!r}")
+        check_recon_balance(self.recon_balance)
 
 
 class RecurrentLatentModel(DynamicsModel):
@@ -163,8 +161,7 @@ class GRUModel(RecurrentLatentModel):
         self.encoder = ObsEncoder(obs_spec, c.embed, c.hidden, c.encoder, c.conv_depth, c.symlog)
         self.core = BlankableGRU(c.embed, action_spec.input_dim, c.hidden, c.deter)
         self.decoder = ObsDecoder(obs_spec, c.deter, c.hidden, c.encoder, c.conv_depth)
-        self.balance = (ClassBalance(obs_spec.shape[0], c.recon_balance)
-                        if c.recon_balance > 0 and obs_spec.kind == "symbolic" else None)
+        self.balance = class_balance_for(obs_spec, c.recon_balance)
 
     def decode(self, state: LatentState) -> Tensor:
         """Predicted observation ``[*lead *obs]`` (channel logits for symbolic obs, calibrated when balanced)."""
@@ -186,7 +183,5 @@ class GRUModel(RecurrentLatentModel):
 
     def _recon(self, pred: Tensor, target: Tensor) -> Tensor:
         """Per-observation reconstruction loss ``[N]`` (class-balanced when ``recon_balance > 0``)."""
-        if self.balance is not None:
-            return self.balance.loss(pred, target)
-        return recon_loss(pred, target, self.obs_spec, self.config.symlog)
+        return balanced_recon_loss(self.balance, pred, target, self.obs_spec, self.config.symlog)
 

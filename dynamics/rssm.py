@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from dynamics.balance import ClassBalance
+from dynamics.balance import balanced_recon_loss, check_recon_balance, class_balance_for
 from dynamics.base import ActionSpec, DynamicsModel, LatentState, LossOutput, ObsSpec
 from dynamics.networks import (ENCODER_KINDS, ObsDecoder, ObsEncoder, check_sequence, decode_with,
-                               embed_actions, flatten_bt, mlp, plain_specs, recon_loss)
+                               embed_actions, flatten_bt, mlp, plain_specs)
 
 
 @dataclass(frozen=True)
@@ -141,9 +141,7 @@ class RSSMConfig:
             raise ValueError(f"overshoot_weight must be >= 0, got {self.overshoot_weight!r}")
         if self.dyn_grad < 0:
             raise ValueError(f"dyn_grad must be >= 0, got {self.dyn_grad!r}")
-        if not 0.0 <= self.recon_balance <= 2.0:
-            raise ValueError(f"recon_balance must lie in [0, 2] (0.5 weights a class 10x rarer ~3x more), "
-                             f"got {self.recon_balance!r}")
+        check_recon_balance(self.recon_balance)
         if not 0.0 <= self.unimix < 1.0:
             raise ValueError(f"unimix must lie in [0, 1), got {self.unimix!r}")
 
@@ -173,8 +171,7 @@ class RSSM(DynamicsModel):
         self.post_deter = nn.Linear(c.deter, c.hidden, bias=False)
         self.post_embed = nn.Linear(c.embed, c.hidden)
         self.post_out = nn.Sequential(nn.LayerNorm(c.hidden), nn.SiLU(), nn.Linear(c.hidden, stats))
-        self.balance = (ClassBalance(obs_spec.shape[0], c.recon_balance)
-                        if c.recon_balance > 0 and obs_spec.kind == "symbolic" else None)
+        self.balance = class_balance_for(obs_spec, c.recon_balance)
 
     # -- interface ------------------------------------------------------------------------------
     @property
@@ -249,9 +246,7 @@ class RSSM(DynamicsModel):
     # -- internals ------------------------------------------------------------------------------
     def _recon(self, pred: Tensor, target: Tensor) -> Tensor:
         """Per-observation reconstruction loss ``[N]`` (class-balanced when ``recon_balance > 0``)."""
-        if self.balance is not None:
-            return self.balance.loss(pred, target)
-        return recon_loss(pred, target, self.obs_spec, self.config.symlog)
+        return balanced_recon_loss(self.balance, pred, target, self.obs_spec, self.config.symlog)
 
     def _overshoot_loss(self, state: LatentState, obs: Tensor, actions: Tensor, is_first: Tensor) -> Tensor:
         """Mean reconstruction loss of prior rollouts ``H`` steps from the posterior states (observation

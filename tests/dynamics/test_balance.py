@@ -68,12 +68,17 @@ def test_adjusted_logits_of_the_weighted_minimiser_recover_the_true_frequencies(
     torch.testing.assert_close(calibrated, freq, atol=0.01, rtol=0.05)  # ... the adjustment undoes it
 
 
-def test_rssm_counts_only_in_training_and_decode_is_adjusted():
+SMALL = {"rssm": dict(deter=16, stoch=4, hidden=16, embed=16), "gru": dict(deter=16, hidden=16, embed=16)}
+
+
+@pytest.mark.parametrize("name", ["rssm", "gru"])
+def test_models_count_only_in_training_and_decode_is_adjusted(name):
     torch.manual_seed(0)
-    spec = ObsSpec((4, 3, 3), "symbolic")
-    m = build_model("rssm", spec, ActionSpec(True, n=3), deter=16, stoch=4, hidden=16, embed=16, recon_balance=0.5)
-    obs = one_hot_grid(torch.randint(0, 4, (2 * 5, 3, 3)), 4).reshape(2, 5, 4, 3, 3)
-    actions, first = torch.randint(0, 3, (2, 5)), torch.zeros(2, 5, dtype=torch.bool)
+    spec, act = ObsSpec((4, 3, 3), "symbolic"), ActionSpec(True, n=3)
+    m = build_model(name, spec, act, recon_balance=0.5, **SMALL[name])
+    g = torch.Generator().manual_seed(0)
+    obs = one_hot_grid(torch.randint(0, 4, (2 * 5, 3, 3), generator=g), 4).reshape(2, 5, 4, 3, 3)
+    actions, first = torch.randint(0, 3, (2, 5), generator=g), torch.zeros(2, 5, dtype=torch.bool)
     first[:, 0] = True
     m.train(False)
     m.loss(obs, actions, first)
@@ -81,11 +86,15 @@ def test_rssm_counts_only_in_training_and_decode_is_adjusted():
     m.train(True)
     m.loss(obs, actions, first).loss.backward()
     assert float(m.balance.counts.sum()) == 2 * 5 * 9
+    torch.testing.assert_close(m.balance.counts, obs.sum((0, 1, 3, 4)).double())
     assert "balance.counts" in m.state_dict()
     state = m.observe(obs, actions, first)
     raw = m.decoder(state["feat"].reshape(10, -1)).reshape(2, 5, 4, 3, 3)
     torch.testing.assert_close(m.decode(state), raw - m.balance.weights().log()[:, None, None])
-    clone = build_model("rssm", spec, ActionSpec(True, n=3), deter=16, stoch=4, hidden=16, embed=16, recon_balance=0.5)
+    imagined = m.imagine(state.at((slice(None), -1)), actions[:, :3])  # open-loop predictions are adjusted too
+    raw = m.decoder(imagined["feat"].reshape(6, -1)).reshape(2, 3, 4, 3, 3)
+    torch.testing.assert_close(m.decode(imagined), raw - m.balance.weights().log()[:, None, None])
+    clone = build_model(name, spec, act, recon_balance=0.5, **SMALL[name])
     clone.load_state_dict(m.state_dict())
     assert torch.equal(clone.balance.counts, m.balance.counts)
 
