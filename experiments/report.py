@@ -237,7 +237,29 @@ def probe_section(summary: dict[str, Any]) -> list[str]:
             "split (highest balanced accuracy, or R2 for scalars; ties to the simpler method); every number below "
             "is on held-out episodes with a 95% bootstrap CI over episodes. Baselines: the label prior, the same "
             "probe on a randomly initialised model, the same probe on the raw current observation. Every row is in "
-            f"`probes/results.csv`.{ceiling}", "", table, ""] + model_checks_section(summary)
+            f"`probes/results.csv`.{ceiling}", "", table, ""] + imagined_fit_section(summary) + model_checks_section(summary)
+
+
+def imagined_fit_section(summary: dict[str, Any]) -> list[str]:
+    """The chosen probes (fitted on posterior latents) beside their refit on posterior + imagined latents
+    (``probes.imagined_fit``), on held-out posterior latents and on latents imagined k steps ahead."""
+    index = {(r["method"], r["site"], r["concept"], r["split"], r["metric"]): r for r in summary.get("probes") or []}
+    splits = ("test", "imagined_k1", "imagined_k5", "imagined_k15")
+    rows = []
+    for b in probe_leaderboard(summary):
+        m, s, c, metric = b["method"], b["site"], b["concept"], b["metric"]
+        if any((m + "+imagined", s, c, sp, metric) in index for sp in splits):
+            rows.append([c, f"{m}, {s}", metric] + [_ci(index.get((mm, s, c, sp, metric)))
+                                                    for mm in (m, m + "+imagined") for sp in splits])
+    if not rows:
+        return []
+    head = [f"{who}, {sp.replace('imagined_k', 'k=')}" for who in ("posterior fit", "imagined fit") for sp in splits]
+    return ["A planner applies the probes to *imagined* latents. *Imagined fit*: the same probe (method, site, "
+            "hyperparameters) fitted again on the train split's posterior latents plus latents imagined 1..H steps "
+            "ahead with the true actions, labelled with the true concept H steps later (`probes/imagined.py`; the "
+            "planning stage plans with it too, probe_method `imagined-fit`). *test*: held-out posterior latents; "
+            "*k=*: imagined k steps ahead of held-out anchors, every step an episode reaches counted (terminal "
+            "events included).", "", _table(["concept", "probe", "metric", *head], rows), ""]
 
 
 def where_when_section(summary: dict[str, Any], plot: Any = None, base: Path | None = None) -> list[str]:

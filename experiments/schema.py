@@ -94,6 +94,10 @@ class ProbesSection:
     max_train_rows: int = field(20000, help="training rows for the non-linear methods (linear uses all)")
     imagination: bool = field(True, help="score the ontology's probes on imagined latents k = 1, 5, 15 steps ahead")
     imagination_stride: int = field(4, help="start an imagined rollout every this many steps")
+    imagined_fit: bool = field(True, help="also refit the ontology's probes on posterior + imagined latents (train "
+                                          "episodes, k = 1..imagined_horizon steps ahead, labels at t+k): rows "
+                                          "'<method>+imagined', ontologies/imagined-fit/ (planned with beside the posterior fit)")
+    imagined_horizon: int | None = field(None, help="largest k of those imagined training rows (null: plan.horizon)")
     state_consistency: bool = field(True, help="score whether the ontology's probes agree across test episodes that "
                                                "reach the same true state (concept values)")
     causal: bool = field(True, help="causal checks of the ontology's probes: sufficiency (edit along the probe, decode "
@@ -113,8 +117,8 @@ class ProbesSection:
         bad = [m for m in self.methods if m not in method_names()]
         if bad or not self.methods:
             raise ConfigError(f"probes.methods: unknown method(s) {bad or '(none)'}; known: {', '.join(method_names())}")
-        for k in ("n_boot", "max_train_rows", "imagination_stride", "checks_episodes", "causal_stride"):
-            if getattr(self, k) < 1:
+        for k in ("n_boot", "max_train_rows", "imagination_stride", "checks_episodes", "causal_stride", "imagined_horizon"):
+            if getattr(self, k) is not None and getattr(self, k) < 1:
                 raise ConfigError(f"probes.{k} must be a positive integer, got {getattr(self, k)}")
 
 

@@ -15,6 +15,7 @@ from probes.erasure import Eraser, fit_leace, leace_erase, random_subspace_erase
 from probes.grids import GridFit, fit_method
 from probes.harness import HarnessResult, run_harness
 from probes.history import HistoryBaseline, HistoryFitter, HistorySplit
+from probes.imagined import ImaginedFit, ImaginedRows, fit_on_imagined, imagined_rows
 from probes.linear import GridResult, LinearFitter, LinearProbe, choose_lambda, fit_grid
 from probes.mdl import MDLResult, online_codelength
 from probes.metrics import concept_metrics, metric_names, prior_baseline
@@ -36,6 +37,8 @@ __all__ = [
     "HistoryBaseline",
     "HistoryFitter",
     "HistorySplit",
+    "ImaginedFit",
+    "ImaginedRows",
     "LatentStore",
     "LinearFitter",
     "LinearProbe",
@@ -71,8 +74,10 @@ __all__ = [
     "fit_grid",
     "fit_leace",
     "fit_method",
+    "fit_on_imagined",
     "hparam_names",
     "imagination_consistency",
+    "imagined_rows",
     "leace_erase",
     "make_fitter",
     "method_names",

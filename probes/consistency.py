@@ -5,9 +5,14 @@ them. For every anchor step ``t`` of a held-out episode: filter the episode with
 posterior at ``t`` has seen steps ``0..t``, exactly what an agent acting at ``t`` has), ``imagine``
 ``k`` steps with the *true* actions ``actions[t+1 .. t+k]`` (step convention of
 :mod:`worlds.trajectory`), apply the probe to the imagined site at ``t+k`` and score it against the
-true concept at ``t+k``. Anchors are ``t = context-1, context-1+stride, ...`` with ``t + max(ks) <=
-last step``: one anchor set for every ``k``, so the accuracy-vs-horizon curve compares like with like
-and no window crosses an episode end. Rows use the splits ``imagined_k1 / _k5 / _k15``.
+true concept at ``t+k``. Anchors are ``t = context-1, context-1+stride, ...``; horizon ``k`` uses every
+anchor with ``t + k <= last step`` (no window crosses an episode end). The anchor sets of different
+``k`` differ only in an episode's last ``max(ks)`` steps, and they must: a terminal event (``in_lava``,
+``at_goal``: the episode's last step) is the target of horizon ``k`` only from ``t = last - k``, so one
+anchor set shared by every ``k`` (``t + max(ks) <= last``) would never score a lava entry one step
+ahead -- its k = 1 column would be one class and say nothing about the event a planner must foresee.
+One rollout of ``max(ks)`` steps per anchor serves every ``k`` (actions past the end are padded and
+the steps they produce dropped). Rows use the splits ``imagined_k1 / _k5 / _k15``.
 
 **State consistency** (after Vafa et al. 2024, "Evaluating the world model implicit in a generative
 model"). Different histories that reach the same true state should get the same probe output.
@@ -152,37 +157,48 @@ class ImaginedLatents:
     site: str
     ks: tuple[int, ...]
     latents: Mapping[int, Tensor]
-    """``k -> [m d]`` the site (flattened) imagined at ``t + k``."""
-    anchors: np.ndarray
-    """``int64[m 2]`` (episode index, t) of each anchor; column 0 is the bootstrap group."""
+    """``k -> [m_k d]`` the site (flattened) imagined at ``t + k``."""
+    anchors: Mapping[int, np.ndarray]
+    """``k -> int64[m_k 2]`` (episode index, t) of each row; column 0 is the bootstrap group."""
 
 
 @torch.inference_mode()
 def imagine_latents(model: DynamicsModel, episodes: Sequence[Episode] | TrajectoryDataset, site: str, *,
                     ks: Sequence[int] = (1, 5, 15), context: int = 1, stride: int = 1, split: str = "test",
                     sample: bool = False, batch_size: int = 256, device: torch.device | str | None = None) -> ImaginedLatents:
-    """Imagine from every anchor with the true actions and keep ``site`` at each ``t + k`` (one pass for all ``k``)."""
+    """Imagine from every anchor with the true actions and keep ``site`` at each ``t + k <= last step``
+    (one rollout of ``max(ks)`` steps per anchor for all ``k``)."""
     eps = as_episodes(episodes, split)
     ks = tuple(sorted({int(k) for k in ks}))
     if not ks or ks[0] < 1:
         raise ProbeError(f"ks must be positive horizons, got {ks}")
     check_site(model, site)
-    anchors = anchor_steps([len(e) for e in eps], context, ks[-1], stride)
+    lengths = np.asarray([len(e) for e in eps])
+    anchor_steps(lengths, context, ks[-1], stride)  # every k needs an anchor: raise if the longest does not
+    anchors = anchor_steps(lengths, context, ks[0], stride)
+    H = ks[-1]
+    first = np.asarray(eps[0].actions)
+    acts = np.zeros((len(anchors), H, *first.shape[1:]), first.dtype)
+    for i, (e, t) in enumerate(anchors):  # actions[t+1 .. t+H]; the padding's steps are dropped below
+        a = np.asarray(eps[e].actions[t + 1:t + 1 + H])
+        acts[i, :len(a)] = a
+    last = lengths[anchors[:, 0]] - 1
+    keep = {k: np.flatnonzero(anchors[:, 1] + k <= last) for k in ks}
     was_training = model.training
     model.train(False)  # eval mode
     try:
         post = posterior_states(model, eps, anchors, device=device)
-        acts = future_actions(eps, anchors, ks[-1])
         out: dict[int, list[Tensor]] = {k: [] for k in ks}
         for s in range(0, len(anchors), batch_size):
             sl = slice(s, s + batch_size)
             st = post.at(sl)
-            imagined = imagine(model, st, acts[sl].to(st["feat"].device), sample)[site]  # [b K *feature]
+            imagined = imagine(model, st, torch.from_numpy(acts[sl]).to(st["feat"].device), sample)[site]  # [b H *feature]
             for k in ks:
-                out[k].append(flat(imagined[:, k - 1]))
+                rows = keep[k][(keep[k] >= s) & (keep[k] < s + batch_size)] - s
+                out[k].append(flat(imagined[torch.as_tensor(rows, device=imagined.device), k - 1]))
     finally:
         model.train(was_training)
-    return ImaginedLatents(site, ks, {k: torch.cat(v) for k, v in out.items()}, anchors)
+    return ImaginedLatents(site, ks, {k: torch.cat(v) for k, v in out.items()}, {k: anchors[keep[k]] for k in ks})
 
 
 def imagination_consistency(model: DynamicsModel, episodes: Sequence[Episode] | TrajectoryDataset,
@@ -201,14 +217,13 @@ def imagination_consistency(model: DynamicsModel, episodes: Sequence[Episode] | 
         concept_at(eps, name, np.zeros((0, 2), np.int64))  # unknown concept -> ProbeError before any work
     im = imagine_latents(model, eps, site, ks=ks, context=context, stride=stride, sample=sample,
                          batch_size=batch_size, device=device)
-    groups = im.anchors[:, 0]
     rows = []
     for name, probe in probes.items():
         c = probe.concept
         for k in im.ks:
             pred, proba = _predictions(probe, im.latents[k])
-            y = concept_at(eps, name, im.anchors, k)
-            est = concept_estimates(c.kind, y, pred, proba, groups=groups, num_classes=c.num_classes or None,
+            y = concept_at(eps, name, im.anchors[k], k)
+            est = concept_estimates(c.kind, y, pred, proba, groups=im.anchors[k][:, 0], num_classes=c.num_classes or None,
                                     n_boot=n_boot, level=level, seed=seed)
             rows += [ResultRow.from_estimate(method, site, name, f"imagined_k{k}", m, e) for m, e in est.items()]
     return rows

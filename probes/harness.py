@@ -32,6 +32,12 @@ of the model (about 25 s on one core for the lavakeydoor quickstart, so off by d
 The :class:`~probes.ontology.Ontology` is chosen from validation scores only (:data:`probes.ontology.RULE`);
 the same rule applied to each method's probes alone gives one ontology per method
 (``HarnessResult.by_method``, saved as ``ontologies/<method>/``: planners compare methods by behaviour).
+Later stages (rewards, planners, verification) apply the ontology to *imagined* latents, so with
+``planner_sites`` (the sites the model's ``imagine`` produces) both are chosen among those sites only:
+a site such as ``embed`` encodes the current observation and does not exist in imagination. A concept
+with no candidate there keeps its best entry at any site (the planning stage then says why it cannot
+plan with it). The rule over every site is still recorded (``HarnessResult.any_site``, ``harness.json``
+``"ontology_any_site"``): where a concept lives best, as opposed to where a planner can read it.
 
 Speed: linear fits use every training row; other methods train on at most ``max_train_rows[method]``
 rows (default 10000, drawn with ``seed``), so a default lavakeydoor run stays within minutes on CPU.
@@ -59,6 +65,7 @@ from probes.extract import LatentStore, temp_dir_for, write_json
 from probes.grids import DEFAULT_GRIDS, GridFit, as_tensor, fit_method
 from probes.history import METHOD as HISTORY_SITE
 from probes.history import HistoryFitter, store_num_actions, store_split
+from probes.imagined import LABEL as IMAGINED_LABEL
 from probes.metrics import concept_estimates, metric_objects, prior_predictions
 from probes.ontology import RULE, Ontology, method_ontologies, select_ontology, validation_metric
 from probes.registry import method_names
@@ -96,6 +103,11 @@ class HarnessResult:
     """One ontology per fitted method (:func:`~probes.ontology.method_ontologies`), saved as ``ontologies/<method>/``."""
     checks: Mapping[str, Any] = field(default_factory=dict)
     """Details of model-based checks added by the caller (``harness.json`` ``"model_checks"``)."""
+    imagined: Ontology | None = None
+    """The ontology refitted on posterior + imagined latents (:mod:`probes.imagined`, added by the caller), saved as
+    ``ontologies/imagined-fit/``."""
+    any_site: Ontology | None = None
+    """The rule over every probed site (``None``: the same as ``ontology``, no ``planner_sites`` given)."""
 
     def save(self, out_dir: str | Path) -> Path:
         """Write ``results.csv``, ``ontology/``, ``ontologies/<method>/`` and ``harness.json`` (settings, choices,
@@ -106,7 +118,8 @@ class HarnessResult:
         self.ontology.save(out / "ontology")
         tmp = temp_dir_for(out / "ontologies")
         try:
-            for method, onto in self.by_method.items():
+            extra = {IMAGINED_LABEL: self.imagined} if self.imagined is not None else {}
+            for method, onto in {**self.by_method, **extra}.items():
                 if len(onto):
                     onto.save(tmp / method)
             publish_dir(tmp, out / "ontologies")
@@ -118,6 +131,8 @@ class HarnessResult:
                                           "hparams": join(self.hparams), "skipped": dict(self.skipped),
                                           "seconds": self.seconds, "ontology": self.ontology.summary(),
                                           "ontologies": {m: o.summary() for m, o in self.by_method.items() if len(o)},
+                                          "ontology_any_site": (self.any_site or self.ontology).summary(),
+                                          "ontology_imagined_fit": None if self.imagined is None else self.imagined.summary(),
                                           "model_checks": dict(self.checks)})
         return out
 
@@ -136,9 +151,10 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
                 baselines: bool = True, baseline_method: str | None = None, random_store: LatentStore | None = None,
                 control: bool = True, mdl: bool = True, mdl_methods: Sequence[str] = ("linear",), mdl_shuffles: int = 3,
                 mdl_max_rows: int | None = 4000, mdl_bins: int = 10, history_baseline: bool = False,
-                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, progress: bool = True) -> HarnessResult:
+                planner_sites: Sequence[str] | None = None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, progress: bool = True) -> HarnessResult:
     """Fit, score, compare and choose (see the module docstring). ``lambdas`` overrides the linear grid's l2 values;
-    ``grids[method]`` any method's grid (a list of hyperparameter dicts; defaults in :data:`probes.grids.DEFAULT_GRIDS`)."""
+    ``grids[method]`` any method's grid (a list of hyperparameter dicts; defaults in :data:`probes.grids.DEFAULT_GRIDS`);
+    ``planner_sites`` the sites later stages can read (``imagine``'s), where the ontologies are chosen."""
     t0 = time.perf_counter()
     methods = _check("probe method", methods, method_names())
     sites = _check("site", sites, store.site_names)
@@ -183,7 +199,8 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
                 "baselines": baselines, "baseline_method": baseline_method, "control": control, "mdl": mdl,
                 "mdl_methods": list(mdl_methods), "mdl_shuffles": mdl_shuffles, "mdl_max_rows": mdl_max_rows,
                 "mdl_bins": mdl_bins, "history_baseline": history_baseline, "device": str(device), "dtype": str(dtype), "store": store.key_hash,
-                "random_store": None if random_store is None else random_store.key_hash, "ontology_rule": RULE}
+                "random_store": None if random_store is None else random_store.key_hash, "ontology_rule": RULE,
+                "planner_sites": None if planner_sites is None else list(planner_sites)}
     ctx = _Ctx(labels, groups, ctrl, grid, max_rows, seeds, n_boot, seed, device, dtype, skipped)
 
     rows: list[ResultRow] = []
@@ -223,11 +240,15 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
                 bar.update(1)
 
     candidates = {k: (f.chosen[0], f.val_score) for k, f in fits.items()}
-    ontology = select_ontology(candidates, cs, store.site_shapes, sites)
-    by_method = method_ontologies(candidates, cs, store.site_shapes, sites)
+    any_site = select_ontology(candidates, cs, store.site_shapes, sites)
+    readable = {k: v for k, v in candidates.items() if planner_sites is None or k[1] in planner_sites}
+    chosen = select_ontology(readable, cs, store.site_shapes, sites)
+    ontology = Ontology({n: chosen.entries.get(n, any_site.entries.get(n)) for n in any_site})
+    by_method = method_ontologies(readable, cs, store.site_shapes, sites)
     return HarnessResult(tuple(rows), ontology, {k: f.chosen[0] for k, f in fits.items()},
                          {k: f.val_score for k, f in fits.items()}, {k: f.hparams for k, f in fits.items()},
-                         skipped, settings, time.perf_counter() - t0, by_method)
+                         skipped, settings, time.perf_counter() - t0, by_method,
+                         any_site=None if planner_sites is None else any_site)
 
 
 def _history_rows(ctx: "_Ctx", store: LatentStore, cs: Sequence[Concept], used: Sequence[str],

@@ -42,7 +42,9 @@ METHOD_ORDER: tuple[str, ...] = ("linear", "sparse", "mlp", "sae")
 RULE = ("per concept, the (method, site) whose probe (hyperparameters chosen on validation) has the highest "
         "VALIDATION balanced accuracy (binary, categorical) or R^2 (scalar); ties (equal to 1e-9) go to the "
         "simpler method (linear < sparse < mlp < sae < others by name), then to the earlier site in the "
-        "requested order; test and ood labels are never read")
+        "requested order; when the caller names the sites later stages read (planner_sites: those imagine() "
+        "produces), only those compete (a concept with no candidate there keeps its best site); test and ood "
+        "labels are never read")
 MODES = ("value", "prob")
 
 

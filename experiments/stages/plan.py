@@ -9,7 +9,9 @@ stream of layouts):
   compiled against the probes' ontology), oracle model + true reward (the world's simulator and true
   concepts: the planner alone)};
 * one learned-model row per ontology in the probes folder (``ontology/``, plus ``ontologies/<method>/``
-  where the probe stage wrote per-method ones), so probe methods are compared by behaviour;
+  where the probe stage wrote per-method ones), so probe methods are compared by behaviour; the
+  ``imagined-fit`` one (the chosen probes refitted on posterior + imagined latents, ``probes.imagined_fit``)
+  runs even with ``plan.per_method=false``: posterior-fitted vs imagined-fitted probes, by behaviour;
 * baselines: a random policy and the world's oracle policy;
 * with ``plan.shield=true``, every learned-model row again with its planner wrapped in a
   :class:`planning.Shield` (planner ``"<name>+shield"``, same model/reward/probe_method), side by side.
@@ -73,6 +75,8 @@ from experiments.provenance import atomic_write_text, write_json
 from experiments.schema import RunConfig
 from experiments.stages.inputs import checkpoint_of, no_actions
 from experiments.stages.verdict import SHIELD_SUFFIX, quality_bar
+from probes.imagined import LABEL as IMAGINED_LABEL
+from probes.imagined import SUFFIX as IMAGINED_SUFFIX
 
 EPISODE_COLUMNS = ("planner", "model", "reward", "probe_method", "episode", "env", "true_return", "success",
                    "violations", "steps", "truncated", "ms_per_step")
@@ -182,8 +186,8 @@ def run_plan(cfg: RunConfig, dynamics_dir: Path, probes_dir: Path, out: Path, *,
     spec.check(world.schema)
     model = load_model(checkpoint_of(dynamics_dir), expected_model=cfg.dynamics.model).to(device)
     ontologies = _ontologies(probes_dir, device)
-    if not p.per_method:  # only the chosen ontology (the per-method ones are still in the probes folder)
-        ontologies = ontologies[:1]
+    if not p.per_method:  # the chosen ontology and its imagined-latent refit (the per-method ones stay in the probes folder)
+        ontologies = [o for i, o in enumerate(ontologies) if i == 0 or o[0] == IMAGINED_LABEL]
     oracle = oracle_model(world).to(device)
     with torch.inference_mode():
         imaginable = set(model.imagine(model.initial(1), no_actions(model, device)).sites)
@@ -287,10 +291,11 @@ def _metrics(cfg: RunConfig, world, spec, runs, probes_dir: Path, skipped: dict[
                                                        seed=cfg.seed))
         if ontology is None or not log.visited.readings:
             continue
+        refit = labels["probe_method"] == IMAGINED_LABEL  # its dataset rows are "<method>+imagined"
         for concept, metrics in visited_accuracy(log, world.schema, n_boot=p.n_boot, seed=cfg.seed).items():
             e = ontology[concept]
             for metric, est in metrics.items():
-                ref = dataset.get((e.method, e.site, concept, metric))
+                ref = dataset.get((e.method + IMAGINED_SUFFIX * refit, e.site, concept, metric))
                 shift.append({**key, "concept": concept, "method": e.method, "site": e.site, "metric": metric,
                               "in_reward": concept in {u.name for u in spec.concepts()},
                               "visited": _est(est), "states": int(log.visited.episode.size),

@@ -5,7 +5,12 @@ Writes ``results.csv`` (one row per method x site x concept x split x metric, wi
 see :mod:`experiments.stages.by_checkpoint`),
 ``ontology/`` (the chosen probe per concept, loaded by later stages), ``ontologies/<method>/`` (the
 same rule restricted to one probe method: each concept -> that method's best site; the planning
-stage runs one learned-model planner per folder), ``harness.json`` and the cached latents.
+stage runs one learned-model planner per folder), ``harness.json`` and the cached latents. Both are
+chosen among the sites the model's ``imagine`` produces (``planner_sites`` of
+:func:`probes.run_harness`): later stages read the probes off imagined latents. With
+``probes.imagined_fit`` (default on), ``ontologies/imagined-fit/``: the chosen probes refitted on posterior +
+imagined latents of the train split (:mod:`probes.imagined`, k = 1 .. ``probes.imagined_horizon`` or
+``plan.horizon``), scored as rows ``<method>+imagined`` on ``test`` and ``imagined_k*``.
 
 Model-based checks of the chosen ontology's probes (rows of ``results.csv`` with ``method, site`` =
 the concept's chosen probe; all on split ``"test"``: the held-out test episodes, at most
@@ -73,14 +78,15 @@ def run_probe(cfg: RunConfig, data_path: Path, dynamics_dir: Path, out: Path, *,
     if missing:
         raise ConfigError(f"probes.concepts: unknown concept(s) {missing}; this world's concepts are: {', '.join(ds.schema.names)}")
     splits = [s for s in ("train", "val", "test", "ood") if s in ds.splits]
-    with torch.inference_mode():
+    with torch.inference_mode():  # the sites imagine() produces (embed, say, reads an observation)
+        imaginable = set(model.imagine(model.initial(1), no_actions(model)).sites)
         store = extract_latents(model, ds, splits, sites, out / "latents", progress=progress)
         random_model = build_for_dataset(dataclasses.replace(cfg, seed=cfg.seed + 1), ds).train(False)
         random_store = extract_latents(random_model, ds, splits, sites, out / "latents_random", progress=progress)
     res = run_harness(store, ds.schema, p.methods, sites, concepts=concepts, seeds=p.seeds, n_boot=p.n_boot,
                       seed=cfg.seed, random_store=random_store, control=p.control, mdl=p.mdl,
                       max_train_rows={m: p.max_train_rows for m in p.methods if m != "linear"},
-                      history_baseline=p.history, progress=progress)
+                      history_baseline=p.history, planner_sites=[s for s in sites if s in imaginable], progress=progress)
     rows, skipped = list(res.rows), dict(res.skipped)
     if p.by_checkpoint:  # the linear probe on every training snapshot too: by_checkpoint.csv (site x step)
         from experiments.stages.by_checkpoint import probe_by_checkpoint
@@ -93,8 +99,6 @@ def run_probe(cfg: RunConfig, data_path: Path, dynamics_dir: Path, out: Path, *,
         for name in res.ontology:
             e = res.ontology[name]
             by_site[(e.method, e.site)][name] = e.probe
-        with torch.inference_mode():  # the sites imagine() produces (embed, say, reads an observation)
-            imaginable = set(model.imagine(model.initial(1), no_actions(model)).sites)
         for (method, site), chosen in by_site.items():
             if site not in imaginable:
                 skipped[f"imagined:{method}/{site}"] = f"site {site!r} is not produced by imagine()"
@@ -104,6 +108,18 @@ def run_probe(cfg: RunConfig, data_path: Path, dynamics_dir: Path, out: Path, *,
                                                 n_boot=p.n_boot, seed=cfg.seed, stride=p.imagination_stride)
             except ProbeError as e:  # e.g. no held-out episode long enough for k = 15
                 skipped[f"imagined:{method}/{site}"] = str(e)
+    imagined = None
+    if p.imagined_fit:  # the same probes fitted on what the planner reads: posterior + imagined latents
+        from probes.imagined import fit_on_imagined
+
+        points = {n: res.hparams[(e.method, e.site, n)] for n, e in res.ontology.entries.items()}
+        fit = fit_on_imagined(model, ds, store, res.ontology, points, horizon=p.imagined_horizon or cfg.plan.horizon,
+                              stride=p.imagination_stride, max_rows={m: p.max_train_rows for m in p.methods if m != "linear"},
+                              seeds=p.seeds, eval_stride=p.imagination_stride, n_boot=p.n_boot, seed=cfg.seed,
+                              progress=progress)
+        rows += fit.rows
+        skipped.update(fit.skipped)
+        imagined = fit.ontology if len(fit.ontology) else None
     checks: dict[str, Any] = {}
     if p.state_consistency or p.causal:
         if "test" in ds.splits:
@@ -112,7 +128,7 @@ def run_probe(cfg: RunConfig, data_path: Path, dynamics_dir: Path, out: Path, *,
             skipped.update(why)
         else:
             skipped["model_checks"] = "the dataset has no test split"
-    res = dataclasses.replace(res, rows=tuple(rows), skipped=skipped, checks=checks)
+    res = dataclasses.replace(res, rows=tuple(rows), skipped=skipped, checks=checks, imagined=imagined)
     res.save(out)
     return res
 

@@ -18,6 +18,7 @@ from experiments.stages.plan import run_plan
 from experiments.stages.probe import LINEAR_READOUT, _model_checks, run_probe
 from probes import Ontology
 from probes.extract import LatentStore
+from probes.imagined import LABEL as IMAGINED_LABEL
 from probes.results import read_results_csv
 from worlds import TrajectoryDataset, collect, make_policy, make_world
 
@@ -59,7 +60,7 @@ def test_one_ontology_folder_per_method_each_the_methods_validation_argmax(stage
     """(The site choice among several sites is tested on planted latents in tests/probes/test_harness.py.)"""
     root, _, cfg, res = staged
     folders = root / "probes" / "ontologies"
-    assert sorted(p.name for p in folders.iterdir()) == sorted(METHODS)
+    assert sorted(p.name for p in folders.iterdir()) == sorted([*METHODS, IMAGINED_LABEL])
     chosen = Ontology.load(root / "probes" / "ontology")
     for m in METHODS:
         onto = Ontology.load(folders / m)
@@ -78,6 +79,22 @@ def test_one_ontology_folder_per_method_each_the_methods_validation_argmax(stage
         assert Ontology.load(folders / e.method)[name].site == e.site
     summary = json.loads((root / "probes" / "harness.json").read_text())["ontologies"]
     assert set(summary) == set(METHODS)
+
+
+def test_the_chosen_probes_are_refitted_on_imagined_latents_and_scored_beside_the_originals(staged):
+    root, _, _, res = staged
+    chosen = Ontology.load(root / "probes" / "ontology")
+    refit = Ontology.load(root / "probes" / "ontologies" / IMAGINED_LABEL)
+    assert refit.summary() == chosen.summary()  # same method and site per concept, only the training rows differ
+    for name in refit:
+        assert refit[name].probe.hparams == chosen[name].probe.hparams
+    rows = {(r.method, r.concept, r.split) for r in read_results_csv(root / "probes" / "results.csv")}
+    for name in refit:
+        m = refit[name].method
+        assert {(m + "+imagined", name, "test"), (m + "+imagined", name, "imagined_k1")} <= rows
+    saved = json.loads((root / "probes" / "harness.json").read_text())
+    assert saved["ontology_imagined_fit"] == refit.summary()
+    assert not any(k.startswith("imagined_fit:") for k in saved["skipped"])
 
 
 def test_every_check_is_a_row_or_a_reason(staged):
@@ -141,12 +158,14 @@ def test_state_consistency_matches_a_brute_force_count_of_cross_episode_pairs(st
 
 def test_switches_turn_the_checks_off(staged, tmp_path):
     root, _, _, _ = staged
-    cfg = resolve([*PROBES, "probes.state_consistency=false", "probes.causal=false", "probes.methods=[linear]"])
+    cfg = resolve([*PROBES, "probes.state_consistency=false", "probes.causal=false", "probes.methods=[linear]",
+                   "probes.imagined_fit=false"])
     res = run_probe(cfg, root / "ds", root / "train", tmp_path / "probes", progress=False)
-    assert not [r for r in res.rows if r.metric in CHECK_METRICS]
+    assert not [r for r in res.rows if r.metric in CHECK_METRICS or r.method.endswith("+imagined")]
     hj = json.loads((tmp_path / "probes" / "harness.json").read_text())
     assert hj["model_checks"] == {} and not any(k.startswith(("causal", "state_")) for k in hj["skipped"])
     assert [p.name for p in (tmp_path / "probes" / "ontologies").iterdir()] == ["linear"]
+    assert hj["ontology_imagined_fit"] is None
 
 
 def test_a_model_without_a_decoder_gets_reasons_not_rows(staged, monkeypatch):
@@ -174,5 +193,19 @@ def test_the_plan_stage_runs_one_learned_planner_per_method(staged, tmp_path):
     metrics = run_plan(cfg, root / "train", root / "probes", tmp_path / "planning", progress=False)
     learned = [r for r in metrics["rows"] if r["model"] == "learned" and r["reward"] == "latent"]
     labels = [r["probe_method"] for r in learned]
-    assert len(learned) == 1 + len(METHODS), metrics["skipped"]
-    assert set(METHODS) <= set(labels)
+    assert len(learned) == 1 + len(METHODS) + 1, metrics["skipped"]  # chosen, one per method, the imagined refit
+    assert {*METHODS, IMAGINED_LABEL} <= set(labels)
+    # the refit's planner-induced shift is measured against the refit's own held-out rows, not the original's
+    test_rows = {(r.method, r.concept, r.metric): r for r in read_results_csv(root / "probes" / "results.csv")
+                 if r.split == "test"}
+    refit_shift = [s for s in metrics["shift"] if s["probe_method"] == IMAGINED_LABEL and s["dataset_test"]]
+    assert refit_shift
+    for s in refit_shift:
+        assert s["dataset_test"]["estimate"] == test_rows[(s["method"] + "+imagined", s["concept"], s["metric"])].estimate
+    # with plan.per_method=false: the chosen ontology and its imagined refit, no per-method rows
+    cfg = resolve([*MODEL, "world.max_steps=10", "plan.planners=[discrete_cem]", "plan.episodes=2", "plan.num_envs=2",
+                   "plan.horizon=3", "plan.samples=8", "plan.elites=2", "plan.iterations=1", "plan.n_boot=20",
+                   "plan.reward=-10 * in_lava", "plan.per_method=false", "plan.overoptimisation=false"])
+    metrics = run_plan(cfg, root / "train", root / "probes", tmp_path / "planning2", progress=False)
+    learned = [r["probe_method"] for r in metrics["rows"] if r["model"] == "learned"]
+    assert len(learned) == 2 and learned[1] == IMAGINED_LABEL

@@ -4,6 +4,8 @@
   episode, 10 ``moat`` episodes as ``ood``), a GRU dynamics model trained for a few dozen steps on
   its training split, a randomly initialised model of the same architecture, and both models'
   latents extracted into latent stores (sites ``embed`` and ``deter``).
+* ``ring_episodes`` -- a factory of ring-world episodes: ``k`` cells, actions 0 stay / 1 right / 2 left,
+  one-hot float observations, concepts ``pos`` (categorical), ``even`` and ``home`` (cell 0; binary).
 * ``planted`` -- a factory of synthetic latent stores where site ``signal`` linearly encodes the
   binary concept ``flag`` and the scalar ``level`` (plus noise) and site ``noise`` is pure noise.
 """
@@ -21,6 +23,7 @@ from dynamics import build_model
 from probes.extract import LatentStore, extract_latents
 from worlds import TrajectoryDataset, collect, make_policy, make_world
 from worlds.concepts import Concept, ConceptSchema
+from worlds.trajectory import Episode
 
 torch.set_num_threads(1)
 
@@ -111,3 +114,28 @@ def make_planted(path, seed: int = 0, episodes: tuple[int, int, int, int] = (60,
 def planted(tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("planted")
     return SimpleNamespace(store=make_planted(root / "store"), schema=PLANTED_SCHEMA, make=make_planted, root=root)
+
+
+RING_SHIFT = np.array([0, 1, -1])
+
+
+def make_ring_episodes(n: int, seed: int, lengths: tuple[int, int] = (20, 30), k: int = 4) -> list[Episode]:
+    """``n`` ring-world episodes (see the module docstring), lengths drawn from ``[lengths)``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        t = int(rng.integers(*lengths))
+        actions = rng.integers(0, 3, t).astype(np.int64)
+        actions[0] = 0
+        pos = (rng.integers(k) + np.cumsum(RING_SHIFT[actions] * (np.arange(t) > 0))) % k
+        flags = np.zeros(t, bool)
+        out.append(Episode(obs=np.eye(k, dtype=np.float32)[pos], actions=actions, is_first=np.r_[True, flags[1:]],
+                           is_terminal=flags, reward=np.zeros(t, np.float32), success=flags, violation=flags,
+                           concepts={"pos": pos.astype(np.int64), "even": (pos % 2 == 0).astype(np.uint8),
+                                     "home": (pos == 0).astype(np.uint8)}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def ring_episodes():
+    return make_ring_episodes

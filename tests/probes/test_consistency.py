@@ -38,21 +38,6 @@ POS = Concept("pos", "categorical", "Cell of the agent.", classes=tuple(f"c{i}" 
 EVEN = Concept("even", "binary", "The agent's cell index is even.")
 
 
-def ring_episodes(n: int, seed: int, lengths: tuple[int, int] = (20, 30)) -> list[Episode]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        t = int(rng.integers(*lengths))
-        actions = rng.integers(0, 3, t).astype(np.int64)
-        actions[0] = 0
-        pos = (rng.integers(K) + np.cumsum(SHIFT[actions] * (np.arange(t) > 0))) % K
-        flags = np.zeros(t, bool)
-        out.append(Episode(obs=np.eye(K, dtype=np.float32)[pos], actions=actions, is_first=np.r_[True, flags[1:]],
-                           is_terminal=flags, reward=np.zeros(t, np.float32), success=flags, violation=flags,
-                           concepts={"pos": pos.astype(np.int64), "even": (pos % 2 == 0).astype(np.uint8)}))
-    return out
-
-
 class OracleModel(DynamicsModel):
     """Latent = the one-hot cell (plus ``extra`` history-dependent dims); imagination is exact."""
 
@@ -109,16 +94,24 @@ def by(rows, **kw):
 
 
 # ------------------------------------------------------------------------------ imagination consistency
-def test_imagined_latents_are_the_true_future_states_for_an_exact_model():
+def test_imagined_latents_are_the_true_future_states_for_an_exact_model(ring_episodes):
     eps = ring_episodes(6, seed=1)
     im = imagine_latents(OracleModel(), eps, "feat", ks=(1, 5, 15), context=3, stride=2)
-    assert im.anchors[:, 1].min() == 2 and all(t + 15 <= len(eps[e]) - 1 for e, t in im.anchors)
     for k in (1, 5, 15):  # an off-by-one in the replayed actions would break this
-        truth = np.stack([eps[e].obs[t + k] for e, t in im.anchors])
+        a = im.anchors[k]
+        # every anchor t = 2, 4, ... with t + k <= last step, and no other: brute-force reference
+        want = [(e, t) for e, ep in enumerate(eps) for t in range(2, len(ep), 2) if t + k <= len(ep) - 1]
+        assert [tuple(r) for r in a] == want
+        truth = np.stack([eps[e].obs[t + k] for e, t in a])
         np.testing.assert_array_equal(im.latents[k].numpy(), truth)
+    # the last step of an episode is a target for each k whose anchor grid reaches it (terminal events count)
+    last = {(e, len(ep) - 1) for e, ep in enumerate(eps)}
+    for k in (1, 5, 15):
+        hits = {(e, t + k) for e, t in im.anchors[k]} & last
+        assert hits == {(e, n) for e, n in last if (n - k - 2) % 2 == 0 and n - k >= 2}
 
 
-def test_exact_imagination_scores_one_and_garbage_scores_chance():
+def test_exact_imagination_scores_one_and_garbage_scores_chance(ring_episodes):
     train, test = ring_episodes(10, seed=2), ring_episodes(30, seed=3, lengths=(25, 40))
     probes = fitted_probes(OracleModel(), train)
     rows = imagination_consistency(OracleModel(), test, probes, "feat", method="linear", n_boot=200)
@@ -136,7 +129,7 @@ def test_exact_imagination_scores_one_and_garbage_scores_chance():
             assert abs(by(garbage, concept=concept)[(f"imagined_k{k}", "auroc")].estimate - 0.5) < 0.07
 
 
-def test_imagination_bad_inputs():
+def test_imagination_bad_inputs(ring_episodes):
     eps, probes = ring_episodes(3, seed=4, lengths=(10, 12)), {}
     with pytest.raises(ProbeError, match="no episode has context"):
         imagine_latents(OracleModel(), eps, "feat", ks=(15,))
@@ -198,7 +191,7 @@ def test_state_keys_group_equal_concept_tuples():
         state_keys({"a": np.zeros(3)}, names=["b"])
 
 
-def test_state_consistency_rows_for_a_state_probe_and_a_history_probe():
+def test_state_consistency_rows_for_a_state_probe_and_a_history_probe(ring_episodes):
     eps = ring_episodes(12, seed=5)
     eye = Normalizer(torch.zeros(K + 1), torch.ones(K + 1))
     reads_state = LinearProbe(EVEN, eye, {}, torch.tensor([[1.0, -1.0, 1.0, -1.0, 0.0]]), torch.zeros(1))

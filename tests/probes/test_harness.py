@@ -166,3 +166,24 @@ def test_all_methods_run_including_sae(planted):
     counts = Counter(r.method for r in res.rows)
     assert counts["sae"] and counts["sparse"] and counts["observation"] and counts["prior"]
     assert res.ontology["flag"].method in ("sae", "sparse")
+
+
+def test_planner_sites_restrict_the_ontologies_later_stages_load(planted, synth, tmp_path):
+    # "signal" carries every concept and wins everywhere; if only "noise" can be read in imagination, the
+    # ontology and the per-method ones must use it, while the rule over all sites stays on record.
+    res = run_harness(planted.store, planted.schema, ["linear", "mlp"], ["signal", "noise"], planner_sites=["noise"], **FAST)
+    assert {e.site for e in res.ontology.entries.values()} == {"noise"}
+    assert all(e.site == "noise" for o in res.by_method.values() for e in o.entries.values())
+    for name in res.ontology:  # the validation argmax among the readable site's methods
+        best = max(("linear", "mlp"), key=lambda m: (res.val_scores[(m, "noise", name)], m == "linear"))
+        assert res.ontology[name].method == best
+    assert res.any_site.summary() == synth.ontology.summary()
+    out = res.save(tmp_path / "probes")
+    import json
+
+    saved = json.loads((out / "harness.json").read_text())
+    assert saved["ontology_any_site"] == synth.ontology.summary() != saved["ontology"]
+    assert saved["settings"]["planner_sites"] == ["noise"]
+    # a concept with no candidate at a readable site keeps its best entry anywhere (the planner then says why)
+    none = run_harness(planted.store, planted.schema, ["linear"], ["signal"], planner_sites=["noise"], **FAST)
+    assert none.ontology.summary() == none.any_site.summary() and not any(len(o) for o in none.by_method.values())
