@@ -17,6 +17,8 @@ agent's row and column) is given, every cell of a symbolic ``[c h w]`` view has 
 predicted cell is *seen* when that world position lay inside the view of at least one observed (context)
 frame of the window. Cells never seen cannot be predicted from the observations, only guessed from priors
 over layouts, so ``model_seen`` (and ``copy_seen``, ``model_seen_changed``) report the seen cells apart.
+They split further: ``model_last_view`` on cells inside the *last* observed view (errors there are drift of
+the imagined state) and ``model_memory`` on cells seen only in earlier context frames (layout memory).
 
 Rare classes (symbolic only): per-cell accuracy is dominated by the common classes -- on lavakeydoor, empty
 floor and wall are ~96% of the cells, so a model that never predicts a key, a door or the goal still scores
@@ -88,6 +90,13 @@ class OpenLoopReport:
     model_seen_class_recall: Mapping[int, Mapping[int | str, Estimate]] = field(default_factory=dict)
     """Symbolic with ``positions`` only: recall by class on the seen cells."""
     copy_seen_class_recall: Mapping[int, Mapping[int | str, Estimate]] = field(default_factory=dict)
+    model_last_view: Mapping[int, Estimate] = field(default_factory=dict)
+    """Symbolic with ``positions`` only: seen cells that lay inside the *last* observed view (the model
+    has to carry the current frame forward: state drift shows here)."""
+    model_memory: Mapping[int, Estimate] = field(default_factory=dict)
+    """Symbolic with ``positions`` only: seen cells outside the last observed view, seen only in earlier
+    context frames (the model has to remember the layout)."""
+    memory_fraction: Mapping[int, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         """Small tables, one row per horizon (then, for symbolic observations, recall by class)."""
@@ -120,6 +129,12 @@ class OpenLoopReport:
             for c in classes:
                 rows.append(f"{str(c):<12} " + " ".join(f"{fmt(model[k], c) + ' / ' + fmt(copy[k], c):<17}"
                                                         if c in model[k] else f"{'-':<17}" for k in self.horizons))
+        if self.model_memory:
+            rows.append("seen cells: in the last observed view / seen only earlier (memory), model accuracy")
+            rows.append("k   last_view memory  memory_frac")
+            for k in self.horizons:
+                rows.append(f"{k:<3d} {fmt(self.model_last_view, k):<9} {fmt(self.model_memory, k):<7} "
+                            f"{fmt(self.memory_fraction, k)}")
         return "\n".join(rows)
 
 
@@ -259,8 +274,10 @@ def evaluate_open_loop(model: DynamicsModel, obs: Tensor, actions: Tensor, is_fi
             batch = _batch_stats(pred, truth, o[:, :context], spec.kind)
             if positions is not None:
                 p = positions[sl].long()
-                seen = seen_cells(p[:, :context], p[:, [context - 1 + k for k in horizons]], spec.shape[1:])
-                batch.update(_seen_stats(pred, truth, o[:, context - 1], seen.to(device)))
+                targets = p[:, [context - 1 + k for k in horizons]]
+                seen = seen_cells(p[:, :context], targets, spec.shape[1:])
+                in_last = seen_cells(p[:, context - 1:context], targets, spec.shape[1:])
+                batch.update(_seen_stats(pred, truth, o[:, context - 1], seen.to(device), in_last.to(device)))
             for key, value in batch.items():
                 stats.setdefault(key, []).append(value)
     finally:
@@ -307,7 +324,10 @@ def evaluate_open_loop(model: DynamicsModel, obs: Tensor, actions: Tensor, is_fi
         extra.update(model_seen_balanced=balanced("model_seen_class", "seen_class_cells"),
                      copy_seen_balanced=balanced("copy_seen_class", "seen_class_cells"),
                      model_seen_class_recall=by_class("model_seen_class", "seen_class_cells"),
-                     copy_seen_class_recall=by_class("copy_seen_class", "seen_class_cells"))
+                     copy_seen_class_recall=by_class("copy_seen_class", "seen_class_cells"),
+                     model_last_view=per_k("model_last_view", "last_view"), model_memory=per_k("model_memory", "memory"),
+                     memory_fraction={k: float(s["memory"][:, i].sum() / max(s["cells"][:, i].sum(), 1))
+                                      for k, i in col.items()})
     return dataclasses.replace(report, **extra)
 
 
@@ -351,14 +371,15 @@ def _batch_stats(pred: Tensor, truth: Tensor, ctx: Tensor, kind: str) -> dict[st
     return {k: v.flatten(2).sum(2).double().cpu().numpy() for k, v in out.items()}
 
 
-def _seen_stats(pred: Tensor, truth: Tensor, last: Tensor, seen: Tensor) -> dict[str, np.ndarray]:
-    """Per-window sums ``[b K]`` on the seen cells ``seen[b K h w]`` of symbolic views (see :func:`seen_cells`);
-    ``last[b *obs]`` is the last observed frame."""
+def _seen_stats(pred: Tensor, truth: Tensor, last: Tensor, seen: Tensor, in_last: Tensor) -> dict[str, np.ndarray]:
+    """Per-window sums ``[b K]`` on the seen cells ``seen[b K h w]`` of symbolic views (see :func:`seen_cells`),
+    split by ``in_last[b K h w]`` (inside the last observed view); ``last[b *obs]`` is the last observed frame."""
     p, y, prev = pred.argmax(2), truth.argmax(2), last.argmax(1)[:, None]  # [b K h w], [b 1 h w]
     hit, copy_hit, m = (p == y).float(), (prev == y).float(), seen.float()
-    changed = (y != prev).float()
+    changed, lv = (y != prev).float(), in_last.float()  # the last view lies inside the seen cells
     out = {"model_seen": hit * m, "copy_seen": copy_hit * m, "model_seen_changed": hit * m * changed,
-           "seen": m, "seen_changed": m * changed}
+           "seen": m, "seen_changed": m * changed, "model_last_view": hit * lv, "last_view": lv,
+           "model_memory": hit * m * (1 - lv), "memory": m * (1 - lv)}
     by_class = _class_stats(hit, copy_hit, y, m, pred.shape[2], "seen_")
     return {**{k: v.flatten(2).sum(2).double().cpu().numpy() for k, v in out.items()}, **by_class}
 

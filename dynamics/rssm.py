@@ -2,10 +2,15 @@
 
 One step (``actions[:, t]`` led into step ``t``, see :mod:`worlds.trajectory`)::
 
-    deter_t = GRU(silu(LN(W_z stoch_{t-1} + W_a a_t)), deter_{t-1})
+    deter_t = GRU(silu(LN(W_z stoch_{t-1} + W_a a_t [+ W_o ((W_s feat_{t-1}) * (W_m a_t))])), deter_{t-1})
     prior_t     = p(stoch_t | deter_t)                 (prior head: used by ``imagine``)
     posterior_t = q(stoch_t | deter_t, embed(obs_t))   (used by ``observe`` and training)
     obs_t ~ decoder(feat_t),  feat_t = [deter_t, stoch_t]
+
+The bracketed term (``action_mult > 0``) is a factored multiplicative action transform (Oh et al. 2015,
+action-conditional video prediction): for each action an own rank-``action_mult`` linear map of the
+previous state. An additive action input can only shift the GRU's input; moving an egocentric view
+one cell (a permutation of what the state holds) needs a different linear map per action.
 
 ``stoch_kind="gaussian"`` (default): a diagonal Gaussian with ``stoch`` dims; ``"discrete"``: ``stoch``
 groups of ``classes``-way categoricals with straight-through gradients and 1% uniform mixing (DreamerV3).
@@ -101,6 +106,17 @@ class RSSMConfig:
     ``H=1`` (+12% step time) is what lets the Gaussian latent predict open loop (see the class docstring);
     with the categorical latent ``H=5`` doubled the step time and did not improve 5-step open-loop
     accuracy at an equal number of steps (0.899 vs 0.906 after 1000 steps)."""
+    action_mult: int = 0
+    """Rank of the multiplicative action term of the recurrent step (0 disables; see the module docstring).
+    Measured on lavakeydoor (2026-11-28; 313 held-out windows, k = 5 open loop, all / seen cells, one seed):
+    at an equal number of steps it predicts better -- 1500 steps of 16x32, rank 192: 0.917 / 0.925 vs
+    0.904 / 0.916 (k = 15 seen 0.874 vs 0.855); with ``recon_balance=0``, 2031 steps of 32x16: rank 192
+    0.939 / 0.945, rank 384 (reading ``deter`` only) 0.942 / 0.949, none 0.925 / 0.938 -- but it costs
+    1.15-1.35x the step time, so at equal wall time (110 s on one thread, the issue's budget) it gains
+    little: rank 384 0.912 vs 0.910 (balanced reconstruction), rank 192 without balancing 0.933 / 0.939
+    (the best 2-minute result so far; the bar is 0.95). Rare objects in imagination are not helped
+    (lava recall at k = 5, seen cells: 0.18 vs 0.21). Off by default for that cost; worth it when
+    training is step-bound (``dynamics.max_steps``) rather than time-bound."""
     overshoot_weight: float = 1.0
     """Weight of the overshooting reconstruction loss (mean over rolled-out frames)."""
     dyn_grad: float = 0.3
@@ -137,6 +153,8 @@ class RSSMConfig:
             raise ValueError(f"encoder must be one of {ENCODER_KINDS}, got {self.encoder!r}")
         if self.overshoot < 0:
             raise ValueError(f"overshoot must be >= 0 steps, got {self.overshoot!r}")
+        if self.action_mult < 0:
+            raise ValueError(f"action_mult must be >= 0 (0 disables the multiplicative action term), got {self.action_mult!r}")
         if self.overshoot_weight < 0:
             raise ValueError(f"overshoot_weight must be >= 0, got {self.overshoot_weight!r}")
         if self.dyn_grad < 0:
@@ -167,6 +185,10 @@ class RSSM(DynamicsModel):
         self.img_action = nn.Linear(action_spec.input_dim, c.hidden)
         self.img_norm = nn.LayerNorm(c.hidden)
         self.gru = nn.GRUCell(c.hidden, c.deter)
+        if c.action_mult:
+            self.mult_state = nn.Linear(c.deter + self.stoch_dim, c.action_mult, bias=False)
+            self.mult_action = nn.Linear(action_spec.input_dim, c.action_mult)
+            self.mult_out = nn.Linear(c.action_mult, c.hidden, bias=False)
         self.prior = mlp(c.deter, c.hidden, stats, layers=1)
         self.post_deter = nn.Linear(c.deter, c.hidden, bias=False)
         self.post_embed = nn.Linear(c.embed, c.hidden)
@@ -199,13 +221,13 @@ class RSSM(DynamicsModel):
     def imagine(self, state: LatentState, actions: Tensor, *, sample: bool = False) -> LatentState:
         """Prior rollout ``[b h ...]``; ``sample=False`` takes the prior mode/mean at every step."""
         b, h = actions.shape[:2]
-        act = self.img_action(embed_actions(actions, self.action_spec))  # [b h hidden]
+        act = self._actions_in(embed_actions(actions, self.action_spec))
         deter, stoch = state["deter"], state["stoch"]
         grad = torch.is_grad_enabled()
         out_d = deter.new_empty(b, h, self.config.deter) if not grad else []
         out_s = deter.new_empty(b, h, self.stoch_dim) if not grad else []
         for i in range(h):
-            deter = self.gru(F.silu(self.img_norm(self.img_stoch(stoch) + act[:, i])), deter)
+            deter = self._step(stoch, deter, act, i)
             stoch = self._stoch(self.prior(deter), sample)
             if grad:
                 out_d.append(deter), out_s.append(stoch)
@@ -244,6 +266,21 @@ class RSSM(DynamicsModel):
         return LossOutput(loss, {k: v.detach() for k, v in metrics.items()}, state.map(torch.Tensor.detach))
 
     # -- internals ------------------------------------------------------------------------------
+    def _actions_in(self, a: Tensor) -> dict[str, Tensor]:
+        """The action terms of the recurrent step for embedded actions ``a[... A]``, computed for a whole
+        window before the time loop: ``add [... hidden]`` and (``action_mult > 0``) ``mult [... M]``."""
+        out = {"add": self.img_action(a)}
+        if self.config.action_mult:
+            out["mult"] = self.mult_action(a)
+        return out
+
+    def _step(self, stoch: Tensor, deter: Tensor, act: dict[str, Tensor], i: int) -> Tensor:
+        """One recurrent step: ``deter_t`` from ``stoch_{t-1} [b S]``, ``deter_{t-1} [b D]`` and action ``i``."""
+        x = self.img_stoch(stoch) + act["add"][:, i]
+        if self.config.action_mult:  # action-specific linear map of the state (module docstring)
+            x = x + self.mult_out(self.mult_state(torch.cat([deter, stoch], -1)) * act["mult"][:, i])
+        return self.gru(F.silu(self.img_norm(x)), deter)
+
     def _recon(self, pred: Tensor, target: Tensor) -> Tensor:
         """Per-observation reconstruction loss ``[N]`` (class-balanced when ``recon_balance > 0``)."""
         return balanced_recon_loss(self.balance, pred, target, self.obs_spec, self.config.symlog)
@@ -257,11 +294,11 @@ class RSSM(DynamicsModel):
         steps = starts[:, None] + torch.arange(1, h + 1, device=obs.device)  # [n H]: steps reached
         deter = rearrange(state["deter"][:, starts], "b n d -> (b n) d")
         stoch = rearrange(state["stoch"][:, starts], "b n s -> (b n) s")
-        act = self.img_action(embed_actions(actions[:, steps], self.action_spec))  # [b n H hidden]
-        act = rearrange(act, "b n h e -> (b n) h e")
+        act = self._actions_in(embed_actions(actions[:, steps], self.action_spec))  # [b n H ...]
+        act = {k: rearrange(v, "b n h e -> (b n) h e") for k, v in act.items()}
         out = []
         for i in range(h):
-            deter = self.gru(F.silu(self.img_norm(self.img_stoch(stoch) + act[:, i])), deter)
+            deter = self._step(stoch, deter, act, i)
             stoch = self._stoch(self.prior(deter), True)
             out.append(torch.cat([deter, stoch], -1))
         feat = torch.stack(out, 1)  # [(b n) H f]
@@ -279,7 +316,7 @@ class RSSM(DynamicsModel):
         b, t = is_first.shape
         keep = (~is_first.bool()).float().unsqueeze(-1)  # [b t 1]: 0 where the state resets
         embed = rearrange(self.encoder(flatten_bt(obs)), "(b t) e -> b t e", b=b)
-        act = self.img_action(embed_actions(actions, self.action_spec) * keep)  # no action into a first step
+        act = self._actions_in(embed_actions(actions, self.action_spec) * keep)  # no action into a first step
         emb = self.post_embed(embed)
         init = self.initial(b) if start is None else start
         deter, stoch = init["deter"], init["stoch"]
@@ -287,7 +324,7 @@ class RSSM(DynamicsModel):
         for i in range(t):
             k = keep[:, i]
             deter, stoch = deter * k, stoch * k
-            deter = self.gru(F.silu(self.img_norm(self.img_stoch(stoch) + act[:, i])), deter)
+            deter = self._step(stoch, deter, act, i)
             stats = self.post_out(self.post_deter(deter) + emb[:, i])
             stoch = self._stoch(stats, sample)
             out_d.append(deter), out_s.append(stoch), out_p.append(stats)

@@ -59,13 +59,18 @@ def render_report(cfg: Any, summary: dict[str, Any], plots: dict[str, Any] | Non
                           for k in ol["model"]]), ""]
         if ol.get("model_seen_cells"):
             seen_bal = symbolic * ["model, seen, macro recall", "copy, seen, macro recall"]
+            split = ["model, in the last view", "model, seen only earlier"] * bool(ol.get("model_memory_cells"))
             parts += ["*Seen cells* were inside an earlier observed view of the window (a model can know them); "
-                      "never-seen cells can only be guessed and are reported apart.", "",
+                      "never-seen cells can only be guessed and are reported apart."
+                      + (" Seen cells split into those inside the *last* observed view (errors there are drift of the "
+                         "imagined state) and those seen only before it (errors there are layout memory)." if split else ""),
+                      "",
                       _table(["k", "model, seen cells", "copy, seen cells", "model, seen and changed", "seen fraction",
-                              "model, never-seen cells", *seen_bal],
+                              "model, never-seen cells", *split, *seen_bal],
                              [[k, ci(ol["model_seen_cells"][k]), ci(ol["copy_seen_cells"][k]),
                                ci(ol["model_seen_changed_cells"][k]), f"{ol['seen_fraction'][k]:.3f}",
                                ci(ol["model_unseen_cells"][k]) if k in (ol.get("model_unseen_cells") or {}) else "n/a",
+                               *([ci(ol["model_last_view_cells"][k]), ci(ol["model_memory_cells"][k])] if split else []),
                                *([ci(at("model_seen_balanced", k)), ci(at("copy_seen_balanced", k))] if seen_bal else [])]
                               for k in ol["model_seen_cells"]]), ""]
         parts += class_recall_section(ol)

@@ -140,6 +140,9 @@ def evaluate_stage(model, data_path: Path, out: Path, *, split: str = "test", co
             result.update({"model_seen_cells": est(rep.model_seen), "copy_seen_cells": est(rep.copy_seen),
                            "model_seen_changed_cells": est(rep.model_seen_changed),
                            "seen_fraction": {str(k): v for k, v in rep.seen_fraction.items()}})
+        if rep.model_memory:  # seen cells in the last observed view (state drift) vs seen only before (memory)
+            result.update({"model_last_view_cells": est(rep.model_last_view), "model_memory_cells": est(rep.model_memory),
+                           "memory_fraction": {str(k): v for k, v in rep.memory_fraction.items()}})
         if rep.model_balanced:  # symbolic: recall by cell class, where per-cell accuracy hides the rare classes
             result.update({"class_names": [str(c) for c in rep.class_names] or None,
                            "model_balanced": est(rep.model_balanced), "copy_balanced": est(rep.copy_balanced),

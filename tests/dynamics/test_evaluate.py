@@ -180,15 +180,16 @@ class CopyModel(DynamicsModel):
         raise NotImplementedError
 
 
-def _seen_reference(pos: np.ndarray, context: int, k: int, view: int) -> np.ndarray:
-    """``bool[b view view]``: brute force, one cell at a time -- is the cell's world position inside a context view?"""
+def _seen_reference(pos: np.ndarray, context: int, k: int, view: int, first: int = 0) -> np.ndarray:
+    """``bool[b view view]``: brute force, one cell at a time -- is the cell's world position inside the view
+    of a context frame ``first .. context - 1``?"""
     b, r = pos.shape[0], view // 2
     out = np.zeros((b, view, view), bool)
     for j in range(b):
         for y in range(view):
             for x in range(view):
                 world = pos[j, context - 1 + k] + np.array([y - r, x - r])
-                out[j, y, x] = any(np.abs(world - pos[j, c]).max() <= r for c in range(context))
+                out[j, y, x] = any(np.abs(world - pos[j, c]).max() <= r for c in range(first, context))
     return out
 
 
@@ -223,6 +224,26 @@ def test_seen_split_of_the_copy_model_against_numpy():
     with pytest.raises(ValueError, match="positions must have shape"):
         evaluate_open_loop(CopyModel((4, 3, 3)), obs, actions, first, context=4, horizons=(1,), positions=pos[:, :5])
     assert evaluate_open_loop(CopyModel((4, 3, 3)), obs, actions, first, context=4, horizons=(1,)).model_seen == {}
+
+
+def test_last_view_and_memory_split_the_seen_cells_against_a_brute_force_reference():
+    obs, actions, first, pos = ego_walk(40, 10, seed=8, view=3)
+    report = evaluate_open_loop(CopyModel((4, 3, 3)), obs, actions, first, context=4, horizons=(1, 3, 6),
+                                positions=pos, batch_size=16)
+    cls = obs.argmax(2).numpy()
+    for k in report.horizons:
+        seen = _seen_reference(pos.numpy(), 4, k, 3)
+        last = _seen_reference(pos.numpy(), 4, k, 3, first=3)
+        memory = seen & ~last
+        right = cls[:, 3] == cls[:, 3 + k]
+        assert report.model_last_view[k].count == int(last.sum())
+        assert report.model_last_view[k].estimate == pytest.approx(right[last].mean())
+        assert report.model_memory[k].count == int(memory.sum())
+        assert report.memory_fraction[k] == pytest.approx(memory.mean())
+        if memory.any():
+            assert report.model_memory[k].estimate == pytest.approx(right[memory].mean())
+    assert report.memory_fraction[6] > 0  # some walks return to cells seen only before the last frame
+    assert "last_view" in report.summary()
 
 
 def test_refuses_windows_that_cross_an_episode_start_or_are_short():

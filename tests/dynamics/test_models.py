@@ -309,3 +309,37 @@ def test_dyn_grad_scales_only_the_kl_dyn_gradient_into_deter(kind):
     gru = "gru.weight_hh"
     assert not torch.allclose(g0[gru], g1[gru])  # the prior head does send gradient into deter
     assert torch.allclose(gh[gru], g0[gru] + 0.3 * (g1[gru] - g0[gru]), atol=1e-5)
+
+
+@pytest.mark.parametrize("act_kind", list(ACT))
+def test_action_mult_step_is_the_factored_multiplicative_formula(act_kind):
+    """One imagined step with ``action_mult`` equals the formula written out with the module's weights:
+    ``deter' = GRU(silu(LN(W_z s + W_a a + W_o((W_s [d, s]) * (W_m a)))), d)``; the term is not inert."""
+    obs, act = OBS["symbolic"], ACT[act_kind]
+    model = small("rssm", obs, act, seed=2, action_mult=6).eval()
+    o, a, first = random_batch(obs, act, 3, 4, seed=3)
+    state = model.observe(o, a, first).at((slice(None), -1))
+    step = a[:, :1]
+    got = model.imagine(state, step)["deter"][:, 0]
+
+    def lin(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        return x @ layer.weight.T + (0.0 if layer.bias is None else layer.bias)
+
+    d, s = state["deter"], state["stoch"]
+    ea = (F.one_hot(step[:, 0], act.n).float() if act.discrete else step[:, 0])
+    x = (lin(model.img_stoch, s) + lin(model.img_action, ea)
+         + lin(model.mult_out, lin(model.mult_state, torch.cat([d, s], -1)) * lin(model.mult_action, ea)))
+    with torch.no_grad():
+        torch.testing.assert_close(got, model.gru(F.silu(model.img_norm(x)), d))
+        model.mult_out.weight.zero_()
+        assert not torch.allclose(model.imagine(state, step)["deter"][:, 0], got, atol=1e-4)
+
+
+def test_action_mult_keeps_resets_and_refuses_negative_ranks():
+    obs, act = OBS["symbolic"], ACT["discrete"]
+    model = small("rssm", obs, act, action_mult=5).eval()
+    o, a, first = random_batch(obs, act, 2, 8, seed=1)
+    first[:, 3] = True
+    torch.testing.assert_close(model.observe(o, a, first).feat[:, 3:], model.observe(o[:, 3:], a[:, 3:], first[:, 3:]).feat)
+    with pytest.raises(ValueError, match="action_mult must be >= 0"):
+        small("rssm", obs, act, action_mult=-1)

@@ -70,3 +70,11 @@ def test_an_open_loop_json_written_before_recall_by_class_still_renders():
     assert row(lines, "k | model, seen cells", "5")["model, seen, macro recall"] == "-"
     assert not any(line.startswith("| class") for line in lines)
     assert dynamics_section({"skipped": "too short"})[-2] == "Open-loop prediction: too short."
+
+
+def test_seen_cells_split_into_last_view_and_memory_when_recorded():
+    split = {**NEW, "model_last_view_cells": {"1": est(0.981), "5": est(0.952)},
+             "model_memory_cells": {"1": est(0.902), "5": est(0.883)}, "memory_fraction": {"1": 0.05, "5": 0.2}}
+    r5 = row(dynamics_section(split), "k | model, seen cells", "5")
+    assert r5["model, in the last view"].startswith("0.952") and r5["model, seen only earlier"].startswith("0.883")
+    assert "model, in the last view" not in row(dynamics_section(NEW), "k | model, seen cells", "5")  # older files

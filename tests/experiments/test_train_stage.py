@@ -33,6 +33,11 @@ def test_seen_cells_are_reported_for_a_translated_grid_view(dataset, tmp_path):
     assert set(result["model_seen_cells"]) == {"1", "3"}
     frac = result["seen_fraction"]
     assert 0.0 < frac["3"] <= frac["1"] <= 1.0  # looking further ahead reaches more of the map never seen
+    for k in ("1", "3"):  # the seen cells are the last view's plus those seen only before it
+        last, mem = result["model_last_view_cells"][k], result["model_memory_cells"][k]
+        assert 0.0 <= result["memory_fraction"][k] <= frac[k]
+        both = last["estimate"] * (frac[k] - result["memory_fraction"][k]) + mem["estimate"] * result["memory_fraction"][k]
+        assert both == pytest.approx(result["model_seen_cells"][k]["estimate"] * frac[k])
     for k in ("1", "3"):
         seen, allc = result["copy_seen_cells"][k]["estimate"], result["copy_last_frame"][k]["estimate"]
         assert 0.0 <= seen <= 1.0 and 0.0 <= allc <= 1.0

@@ -73,7 +73,7 @@ world = make_world("cliffwalk", num_envs=4, seed=0, length=6)
 import gymnasium as gym
 
 from worlds import Concept, ConceptSchema
-from worlds.minigrid_adapter import GymAdapterWorld
+from worlds.gym_adapter import GymAdapterWorld
 
 cartpole = GymAdapterWorld(
     lambda: gym.make("CartPole-v1"),
