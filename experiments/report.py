@@ -61,10 +61,8 @@ def render_report(cfg: Any, summary: dict[str, Any], plots: dict[str, Any] | Non
             seen_bal = symbolic * ["model, seen, macro recall", "copy, seen, macro recall"]
             split = ["model, in the last view", "model, seen only earlier"] * bool(ol.get("model_memory_cells"))
             parts += ["*Seen cells* were inside an earlier observed view of the window (a model can know them); "
-                      "never-seen cells can only be guessed and are reported apart."
-                      + (" Seen cells split into those inside the *last* observed view (errors there are drift of the "
-                         "imagined state) and those seen only before it (errors there are layout memory)." if split else ""),
-                      "",
+                      "never-seen cells can only be guessed and are reported apart." + bool(split) * (
+                          " Seen cells in the *last* observed view: errors there are drift; seen only before: memory."), "",
                       _table(["k", "model, seen cells", "copy, seen cells", "model, seen and changed", "seen fraction",
                               "model, never-seen cells", *split, *seen_bal],
                              [[k, ci(ol["model_seen_cells"][k]), ci(ol["copy_seen_cells"][k]),
