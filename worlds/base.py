@@ -82,6 +82,16 @@ class VectorWorld(ABC):
         of *all* envs (unchanged ones included).
         """
 
+    def _reset_mask(self, seed: int | None, mask: np.ndarray | None) -> np.ndarray:
+        """For :meth:`reset` implementations: reseed ``self.rng`` when ``seed`` is given and return the bool
+        mask ``[n]`` of the envs to reset (all when ``mask`` is None); a mask of another shape is refused."""
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        mask = np.ones(self.num_envs, bool) if mask is None else np.asarray(mask, bool)
+        if mask.shape != (self.num_envs,):
+            raise ValueError(f"mask must have shape ({self.num_envs},), got {mask.shape}")
+        return mask
+
     @abstractmethod
     def step(self, actions: np.ndarray) -> StepResult:
         """Apply ``actions[n *act]`` to every env. Envs that are already done must be reset first."""

@@ -99,11 +99,7 @@ class GymAdapterWorld(VectorWorld):
         return [e.unwrapped for e in self._current]
 
     def reset(self, seed: int | None = None, mask: np.ndarray | None = None) -> np.ndarray:
-        if seed is not None:
-            self.rng = np.random.default_rng(seed)
-        mask = np.ones(self.num_envs, bool) if mask is None else np.asarray(mask, bool)
-        if mask.shape != (self.num_envs,):
-            raise ValueError(f"mask must have shape ({self.num_envs},), got {mask.shape}")
+        mask = self._reset_mask(seed, mask)
         for i in np.flatnonzero(mask):  # adapter: one Python call per env
             fam = self.sample_families[self.rng.integers(len(self.sample_families))]
             if fam not in self._envs[i]:

@@ -174,11 +174,7 @@ class PointMass(VectorWorld):
 
     # --- VectorWorld -------------------------------------------------------------------------
     def reset(self, seed: int | None = None, mask: np.ndarray | None = None) -> np.ndarray:
-        if seed is not None:
-            self.rng = np.random.default_rng(seed)
-        mask = np.ones(self.num_envs, bool) if mask is None else np.asarray(mask, bool)
-        if mask.shape != (self.num_envs,):
-            raise ValueError(f"mask must have shape ({self.num_envs},), got {mask.shape}")
+        mask = self._reset_mask(seed, mask)
         # Layout sampling is rejection sampling per env: a loop over the envs being reset only.
         for i in np.flatnonzero(mask):
             fam = self.params.families[self.rng.integers(len(self.params.families))]
