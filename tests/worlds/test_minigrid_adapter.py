@@ -167,3 +167,13 @@ def test_params_are_validated_and_gym_ids_work():
     env = gym.make("ontolab/MiniGridLavaCrossing-v0")
     obs, info = env.reset(seed=0)
     assert obs.shape == (13, 7, 7) and "lava_ahead" in info["concepts"]
+
+
+def test_a_reset_mask_of_the_wrong_shape_is_refused():
+    from worlds.pointmass import PointMass, PointMassParams
+
+    for w in (make_world("minigrid_lavacrossing", num_envs=2, seed=0, families=("S9N1",)), PointMass(2, PointMassParams(), seed=0)):
+        w.reset()
+        with pytest.raises(ValueError, match=r"mask must have shape \(2,\)"):
+            w.reset(mask=np.array([True, False, True]))
+        assert w.reset(mask=np.array([True, False])).shape[0] == 2
