@@ -93,7 +93,9 @@ class ProbesSection:
     n_boot: int = field(1000, help="bootstrap resamples (over episodes) for every confidence interval")
     control: bool = field(True, help="score control tasks and report selectivity")
     mdl: bool = field(True, help="report online-code compression (MDL) for the linear probe")
-    max_train_rows: int = field(20000, help="training rows for the non-linear methods (linear uses all)")
+    max_train_rows: int | None = field(None, help="training rows for the non-linear methods (null: each method's default: "
+                                                  "all rows for linear and mlp, 20000 for sparse, 10000 for sae; an "
+                                                  "integer caps every non-linear method)")
     imagination: bool = field(True, help="score the ontology's probes on imagined latents k = 1, 5, 15 steps ahead")
     imagination_stride: int = field(4, help="start an imagined rollout every this many steps")
     imagined_fit: bool = field(True, help="also refit the ontology's probes on posterior + imagined latents (train "

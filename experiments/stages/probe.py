@@ -59,6 +59,10 @@ from experiments.stages.inputs import checkpoint_of, no_actions
 from experiments.stages.train import build_for_dataset
 from worlds.dataset import TrajectoryDataset
 
+IMAGINED_MAX_ROWS = 20000
+"""Training rows of the non-linear imagined-fit probes when ``probes.max_train_rows`` is null: posterior
+plus imagined rows are ~(1 + horizon / stride) times the posterior ones, so they stay capped."""
+
 
 def run_probe(cfg: RunConfig, data_path: Path, dynamics_dir: Path, out: Path, *, progress: bool = True):
     """Fit and score the configured probe methods on the model in ``dynamics_dir`` (a train folder or a
@@ -85,7 +89,7 @@ def run_probe(cfg: RunConfig, data_path: Path, dynamics_dir: Path, out: Path, *,
         random_store = extract_latents(random_model, ds, splits, sites, out / "latents_random", progress=progress)
     res = run_harness(store, ds.schema, p.methods, sites, concepts=concepts, seeds=p.seeds, n_boot=p.n_boot,
                       seed=cfg.seed, random_store=random_store, control=p.control, mdl=p.mdl,
-                      max_train_rows={m: p.max_train_rows for m in p.methods if m != "linear"},
+                      max_train_rows=None if p.max_train_rows is None else {m: p.max_train_rows for m in p.methods if m != "linear"},
                       history_baseline=p.history, planner_sites=[s for s in sites if s in imaginable], progress=progress)
     rows, skipped = list(res.rows), dict(res.skipped)
     if p.by_checkpoint:  # the linear probe on every training snapshot too: by_checkpoint.csv (site x step)
@@ -114,7 +118,7 @@ def run_probe(cfg: RunConfig, data_path: Path, dynamics_dir: Path, out: Path, *,
 
         points = {n: res.hparams[(e.method, e.site, n)] for n, e in res.ontology.entries.items()}
         fit = fit_on_imagined(model, ds, store, res.ontology, points, horizon=p.imagined_horizon or cfg.plan.horizon,
-                              stride=p.imagination_stride, max_rows={m: p.max_train_rows for m in p.methods if m != "linear"},
+                              stride=p.imagination_stride, max_rows={m: p.max_train_rows or IMAGINED_MAX_ROWS for m in p.methods if m != "linear"},
                               seeds=p.seeds, eval_stride=p.imagination_stride, n_boot=p.n_boot, seed=cfg.seed,
                               progress=progress)
         rows += fit.rows

@@ -503,7 +503,9 @@ def test_default_rssm_beats_copying_on_lavakeydoor(lavakeydoor_report):
                           "the key or the goal (recall 0.10 / 0.11 vs 0.90 / 0.92); it loses ~1 point per imagined step "
                           "on seen cells, most of it on cells of the last observed view that move with the view; "
                           "2 threads, other batch shapes, observation dropout, longer overshooting and a "
-                          "multiplicative action term (action_mult) all stay at 0.90-0.93 within the budget", strict=False)
+                          "multiplicative action term (action_mult) all stay at 0.90-0.93 within the budget; with action_mult 192 "
+                          "and no class balancing the same model reaches 0.951 / 0.962 after 8000 steps (~14 min on "
+                          "one thread, 150 windows): the 2-minute budget, not the architecture, is what binds", strict=False)
 def test_default_rssm_meets_the_issue_bar_on_lavakeydoor(lavakeydoor_report):
     """The bar is judged on all cells and on the seen cells (never-seen cells can only be guessed)."""
     r = lavakeydoor_report

@@ -187,3 +187,17 @@ def test_planner_sites_restrict_the_ontologies_later_stages_load(planted, synth,
     # a concept with no candidate at a readable site keeps its best entry anywhere (the planner then says why)
     none = run_harness(planted.store, planted.schema, ["linear"], ["signal"], planner_sites=["noise"], **FAST)
     assert none.ontology.summary() == none.any_site.summary() and not any(len(o) for o in none.by_method.values())
+
+
+def test_the_mlp_trains_on_every_row_by_default_while_a_cap_still_subsamples(planted):
+    # Normalisation statistics come from exactly the training rows a probe was fitted on: the MLP's must be
+    # those of the whole train split (no default cap); a method given a cap sees a subsample.
+    st = planted.store
+    res = run_harness(st, planted.schema, ["mlp", "sparse"], ["signal"], concepts=["flag"], control=False, mdl=False,
+                      baselines=False, max_train_rows={"sparse": 50}, n_boot=20, progress=False)
+    full_mean = np.asarray(st.site("train", "signal"), np.float64).reshape(st.n("train"), -1).mean(0)
+    assert st.n("train") > 50
+    mlp_mean = res.fitted[("mlp", "signal", "flag")].norm.mean.double().numpy()
+    sparse_mean = res.fitted[("sparse", "signal", "flag")].norm.mean.double().numpy()
+    np.testing.assert_allclose(mlp_mean, full_mean, atol=1e-5)
+    assert np.abs(sparse_mean - full_mean).max() > 1e-3
