@@ -211,12 +211,12 @@ class PlanSection:
         if not self.constraints:
             raise ConfigError("plan.shield=true needs constraints to veto on, got plan.constraints=[]; set e.g. "
                               "plan.constraints=['never in_lava'] or plan.shield=false")
-        probs = sorted({u.name for u in RewardSpec("0", tuple(self.constraints)).concepts() if u.mode == "prob"})
+        probs = list(RewardSpec("0", tuple(self.constraints)).probability_costs())
         if probs and self.cost_limit <= 0:
-            raise ConfigError(f"plan.shield: the constraints read probabilities {probs}, whose summed cost is > 0 on every "
+            raise ConfigError(f"plan.shield: the constraints {probs} cost a probability, whose sum is > 0 on every "
                               f"imagined rollout, so with plan.cost_limit={self.cost_limit} every action is vetoed; set "
-                              f"plan.cost_limit > 0 (expected violations allowed per rollout, e.g. 0.5) or constrain the "
-                              f"value (e.g. 'never in_lava')")
+                              f"plan.cost_limit > 0 (expected violations allowed per rollout, e.g. 0.5), constrain the "
+                              f"value (e.g. 'never in_lava') or compare the probability (e.g. 'p(in_lava) < 0.05')")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rewards.ast import ConceptUse, Constraint, Node, render, uses
+from rewards.ast import COMPARISONS, LOGICAL, Binary, ConceptUse, Constraint, Node, Unary, render, uses
 from rewards.check import check_constraint, check_expression
 from rewards.compile import CompiledReward, ConceptSource, RewardOutput, compile_reward, truth_resolver
 from rewards.errors import RewardError
@@ -95,6 +95,16 @@ class RewardSpec:
     def concepts(self) -> frozenset[ConceptUse]:
         """Every ``(name, mode)`` the reward and constraints read: ``mode`` is ``"value"`` or ``"prob"``."""
         return uses(self._reward_tree).union(*(uses(c) for c in self._constraint_trees))
+
+    def probability_costs(self) -> tuple[str, ...]:
+        """The constraints whose per-step cost is an expected violation (a probability, e.g. ``never p(in_lava)``)
+        rather than a 0/1 violation indicator (``never in_lava``, ``p(in_lava) < 0.05``): a body that reads
+        ``p(...)`` and is not itself a condition (comparison, ``and``/``or``/``not``). Syntax only, no schema."""
+        def condition(node: Node) -> bool:
+            return ((isinstance(node, Binary) and node.op in COMPARISONS + LOGICAL)
+                    or (isinstance(node, Unary) and node.op == "not"))
+        return tuple(text for text, tree in zip(self.constraints, self._constraint_trees)
+                     if not condition(tree.expr) and any(u.mode == "prob" for u in uses(tree)))
 
     def canonical(self) -> "RewardSpec":
         """The same spec with every expression rendered canonically (minimal parentheses)."""

@@ -66,6 +66,9 @@ def test_shield_settings_are_validated():
             resolve([*BASE, *SHIELD, bad])
     with pytest.raises(ConfigError, match=r"plan.shield=true needs constraints.*plan.shield=false"):
         resolve([*BASE, *SHIELD, "plan.constraints=[]"])
-    with pytest.raises(ConfigError, match=r"probabilities \['in_lava'\].*plan.cost_limit > 0"):
+    with pytest.raises(ConfigError, match=r"constraints \['never p\(in_lava\)'\] cost a probability.*plan.cost_limit > 0"):
         resolve([*BASE, *SHIELD, "plan.constraints=[never p(in_lava)]"])
     assert resolve([*BASE, *SHIELD, "plan.constraints=[never p(in_lava)]", "plan.cost_limit=0.5"]).plan.shield
+    # a probability compared with a threshold is a 0/1 condition: its cost is an indicator, no limit needed
+    assert resolve([*BASE, *SHIELD, "plan.constraints=['p(in_lava) < 0.05']"]).plan.shield
+    assert resolve([*BASE, *SHIELD, "plan.constraints=['never p(in_lava) > 0.1']"]).plan.shield

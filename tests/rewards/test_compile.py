@@ -173,3 +173,14 @@ def test_works_on_other_devices_when_available():
     t = torch.zeros(2, 3, device=device, dtype=torch.float16)
     out = spec.compile(SCHEMA)(lambda name, mode: t)
     assert out.reward.device.type == device and out.reward.dtype == torch.float16 and out.cost.shape == (2, 3)
+
+
+def test_probability_costs_are_exactly_the_constraints_whose_compiled_cost_is_fractional():
+    # syntax-only classification vs the compiled costs on probabilities strictly inside (0, 1)
+    spec = RewardSpec("0", ("never in_lava", "always not in_lava", "always dist > 0.1", "p(in_lava) < 0.05",
+                            "never p(in_lava) > 0.5", "never p(in_lava)", "always p(room == 'hall')",
+                            "never max(p(in_lava), p(at_goal))", "never room == 'right'", "never not (p(in_lava) < 0.5)"))
+    out = spec.compile(SCHEMA)(Probe(torch.float64))
+    fractional = tuple(t for t in spec.constraints if not torch.isin(out.costs[t], torch.tensor([0.0, 1.0], dtype=torch.float64)).all())
+    assert spec.probability_costs() == fractional == ("never p(in_lava)", "always p(room == 'hall')",
+                                                      "never max(p(in_lava), p(at_goal))")
