@@ -259,6 +259,10 @@ def test_partial_reset_leaves_other_envs():
     after = w.reset(mask=mask)
     assert np.array_equal(before[~mask], after[~mask])
     assert after is not before
+    # a mask of another length is refused (it used to reset whichever indices its True entries named)
+    with pytest.raises(ValueError, match=r"mask must have shape \(4,\)"):
+        w.reset(mask=np.array([True, False, True]))
+    assert np.array_equal(w.reset(mask=np.zeros(4, bool)), after)
 
 
 def test_bad_params_and_actions_fail_early():

@@ -198,9 +198,8 @@ class LavaKeyDoor(VectorWorld):
 
     def reset(self, seed: int | None = None, mask: np.ndarray | None = None) -> np.ndarray:
         if seed is not None:
-            self.rng = np.random.default_rng(seed)
             self._pool, self._pool_next = None, 0
-        idx = np.arange(self.num_envs) if mask is None else np.flatnonzero(np.asarray(mask, dtype=bool))
+        idx = np.flatnonzero(self._reset_mask(seed, mask))  # reseeds self.rng; refuses a mask of another shape
         if len(idx):
             lay = self._fixed.take(idx % len(self._fixed)) if self._fixed is not None else self._draw(len(idx))
             cells = lay.cells
