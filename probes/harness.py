@@ -69,6 +69,7 @@ from probes.harness_context import BINNED_SCALAR_L2, NO_SITE, HarnessContext  # 
 from probes.history import METHOD as HISTORY_SITE
 from probes.history import HistoryFitter, store_num_actions, store_split
 from probes.imagined import LABEL as IMAGINED_LABEL
+from probes.metrics import concept_estimates
 from probes.ontology import RULE, Ontology, method_ontologies, select_ontology
 from probes.registry import method_names
 from probes.results import ResultRow, write_results_csv
@@ -260,6 +261,26 @@ def _history_rows(ctx: HarnessContext, store: LatentStore, cs: Sequence[Concept]
         preds = fitted.predictions(data[s])
         for c in cs:
             rows += ctx.prediction_rows(HISTORY_SITE, HISTORY_SITE, c, s, *preds[c.name])
+        if s == "test" and store.dataset is not None:  # also on the non-terminal steps (results.SPLITS)
+            rows += _nonterminal_rows(ctx, store, cs, preds)
+    return rows
+
+
+def _nonterminal_rows(ctx: HarnessContext, store: LatentStore, cs: Sequence[Concept],
+                      preds: Mapping[str, tuple[np.ndarray, np.ndarray | None]]) -> list[ResultRow]:
+    """History rows on the test steps that are not an episode's terminal step (concepts constant there: none)."""
+    keep = ~np.asarray(store.dataset.concat("test", ["is_terminal"])["is_terminal"], bool)
+    rows = []
+    for c in cs:
+        y = ctx.labels["test"][c.name][keep]
+        if (np.std(y) == 0) if c.kind == "scalar" else np.unique(y).size < 2:
+            continue  # e.g. in_lava, at_goal: events that only happen on terminal steps
+        pred, proba = preds[c.name]
+        ests = concept_estimates(c.kind, y, pred[keep], None if proba is None else proba[keep],
+                                 groups=ctx.groups["test"][keep], num_classes=c.num_classes or None,
+                                 n_boot=ctx.n_boot, seed=ctx.seed)
+        rows += [ResultRow.from_estimate(HISTORY_SITE, HISTORY_SITE, c.name, "test_nonterminal", m, e)
+                 for m, e in ests.items()]
     return rows
 
 

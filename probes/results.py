@@ -20,7 +20,9 @@ from typing import Any, Iterable
 from probes.stats import Estimate
 from worlds.atomic import atomic_write_text
 
-SPLITS: tuple[str, ...] = ("test", "ood", "imagined_k1", "imagined_k5", "imagined_k15")
+SPLITS: tuple[str, ...] = ("test", "ood", "imagined_k1", "imagined_k5", "imagined_k15", "test_nonterminal")
+"""``test_nonterminal``: the test rows that are not an episode's terminal step (the history baseline only:
+what the history reveals where a planner still acts -- a terminal event is usually in the frame)."""
 METRICS: tuple[str, ...] = (
     "balanced_accuracy", "auroc", "macro_f1", "r2", "mae", "ece", "selectivity", "compression",
     "compression_control",

@@ -276,9 +276,12 @@ def _metrics(cfg: RunConfig, world, spec, runs, probes_dir: Path, skipped: dict[
 
     p = cfg.plan
     results = probes_dir / "results.csv"
-    dataset = {(r.method, r.site, r.concept, r.metric): r for r in read_results_csv(results) if r.split == "test"} \
-        if results.is_file() else {}
-    history = {(c, metric): r.estimate for (m, _, c, metric), r in dataset.items() if m == "history"}
+    all_rows = read_results_csv(results) if results.is_file() else []
+    dataset = {(r.method, r.site, r.concept, r.metric): r for r in all_rows if r.split == "test"}
+    # the history baseline where a planner acts: on the non-terminal test steps when scored there (a terminal
+    # event such as stepping into lava is in the frame and would make a concept look knowable)
+    history = {(r.concept, r.metric): (r.estimate, r.split) for split in ("test", "test_nonterminal")
+               for r in all_rows if r.method == "history" and r.split == split}
     rows, shift = [], []
     for labels, log, ontology in runs:
         s = summarize(log, n_boot=p.n_boot, seed=cfg.seed)
@@ -301,7 +304,8 @@ def _metrics(cfg: RunConfig, world, spec, runs, probes_dir: Path, skipped: dict[
                               "visited": _est(est), "states": int(log.visited.episode.size),
                               "dataset_test": None if ref is None else
                               {"estimate": ref.estimate, "ci_low": ref.ci_low, "ci_high": ref.ci_high},
-                              "history_test": history.get((concept, metric))})
+                              "history_test": history.get((concept, metric), (None,))[0],
+                              "history_split": history.get((concept, metric), (None, None))[1]})
     return {"world": cfg.world.name, "reward": spec.to_dict(), "episodes": p.episodes, "settings": to_dict(p),
             "rows": rows, "shift": shift, "quality_bar": quality_bar(rows, shift), "skipped": skipped}
 

@@ -76,19 +76,22 @@ def quality_bar(rows: list[dict[str, Any]], shift: list[dict[str, Any]]) -> list
 def _knowable(shift: list[dict[str, Any]], concepts: list[str]) -> str:
     """Which of the poorly read ``concepts`` the supervised history baseline (``probes.history``) reads:
     those it reads are kept from the history but lost by the model's latent (dynamics model error), those
-    it does not are not knowable from the history at all (reward specification under partial observability)."""
-    hist = {s["concept"]: (s["metric"], s["history_test"], s["dataset_test"]["estimate"]) for s in shift
-            if s["concept"] in concepts and s.get("history_test") is not None and s["dataset_test"]}
+    it does not are not knowable from the history at all (reward specification under partial observability).
+    Judged on the non-terminal test steps when the probe stage scored the baseline there (``history_split``):
+    a terminal event is in the frame and can make a concept look knowable where a planner never acts."""
+    hist = {s["concept"]: (s["metric"], s["history_test"], s["dataset_test"]["estimate"],
+                           " on non-terminal steps" if s.get("history_split") == "test_nonterminal" else "")
+            for s in shift if s["concept"] in concepts and s.get("history_test") is not None and s["dataset_test"]}
     lost = {c: v for c, v in hist.items() if v[1] >= POOR[v[0]]}
     unknowable = {c: v for c, v in hist.items() if v[1] < POOR[v[0]]}
     words = []
     if lost:
         words.append("the supervised history baseline reads " + ", ".join(
-            f"{c} at {h:.2f} (the latent's probe {d:.2f})" for c, (_, h, d) in sorted(lost.items()))
+            f"{c} at {h:.2f}{where} (the latent's probe {d:.2f})" for c, (_, h, d, where) in sorted(lost.items()))
             + ": knowable from the observations, lost by the dynamics model's latent")
     if unknowable:
         words.append("even the supervised history baseline reads " + ", ".join(
-            f"{c} only at {h:.2f}" for c, (_, h, _) in sorted(unknowable.items()))
+            f"{c} only at {h:.2f}{where}" for c, (_, h, _, where) in sorted(unknowable.items()))
             + ": not knowable from the observation history -- a reward specification that no probe of a "
             "predictive model can deliver in this partially observed world")
     return "; " + "; ".join(words) if words else ""

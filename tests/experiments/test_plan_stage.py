@@ -122,19 +122,20 @@ def _row(planner: str, model, success: float, violations: float, ret: float) -> 
             "violation_rate": _est(violations), "mean_true_return": _est(ret)}
 
 
-@pytest.mark.parametrize("history, expected, absent", [
-    (0.95, "knowable from the observations, lost by the dynamics model's latent", "not knowable"),
-    (0.20, "not knowable from the observation history", "lost by the dynamics"),
-    (None, "probe error", "history baseline"),
+@pytest.mark.parametrize("history, split, expected, absent", [
+    (0.95, "test", "knowable from the observations, lost by the dynamics model's latent", "not knowable"),
+    (0.20, "test", "not knowable from the observation history", "lost by the dynamics"),
+    (0.26, "test_nonterminal", "steps_to_goal only at 0.26 on non-terminal steps: not knowable", "lost by the dynamics"),
+    (None, None, "probe error", "history baseline"),
 ])
-def test_diagnosis_says_whether_a_poorly_read_reward_concept_is_knowable_from_the_history(history, expected, absent):
+def test_diagnosis_says_whether_a_poorly_read_reward_concept_is_knowable_from_the_history(history, split, expected, absent):
     from experiments.stages.verdict import quality_bar
 
     rows = [_row("discrete_cem", "learned", 0.0, 0.0, -1.6), _row("oracle", None, 1.0, 0.0, 0.9),
             _row("random", None, 0.1, 0.7, -1.1)]
     shift = [{"planner": "discrete_cem", "model": "learned", "probe_method": "linear", "concept": "steps_to_goal",
               "metric": "r2", "in_reward": True, "visited": _est(0.1), "dataset_test": _est(0.3),
-              "history_test": history}]
+              "history_test": history, "history_split": split}]
     [bar] = quality_bar(rows, shift)
     assert not bar["passes"]
     assert expected in bar["diagnosis"] and absent not in bar["diagnosis"]

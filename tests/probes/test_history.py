@@ -150,3 +150,27 @@ def test_store_split_reads_actions_from_the_attached_dataset(lkd):
     assert np.array_equal(sp.actions, want["actions"]) and np.array_equal(sp.obs, want["obs"])
     assert np.array_equal(sp.steps, lkd.store.steps("val")) and set(sp.labels) == set(lkd.ds.schema.names)
     assert store_num_actions(lkd.store) == lkd.ds.action_spec["n"]
+
+
+def test_harness_scores_the_history_on_non_terminal_test_steps_too(lkd):
+    # the rows are the history's predictions scored on exactly the test steps that are not terminal: concepts that
+    # only change on a terminal step (stepping into lava, reaching the goal) have no such rows
+    res = run_harness(lkd.store, lkd.ds.schema, ["linear"], ["deter"], control=False, mdl=False, n_boot=20,
+                      history_baseline=True, progress=False)
+    rows = {(r.concept, r.split, r.metric): r for r in res.rows if r.method == METHOD}
+    term = lkd.ds.concat("test", ["is_terminal"])["is_terminal"].astype(bool)
+    labels = lkd.store.concepts("test")
+    for c in lkd.ds.schema:
+        y = np.asarray(labels[c.name])[~term]
+        varies = np.std(y) > 0 if c.kind == "scalar" else np.unique(y).size > 1
+        assert ((c.name, "test_nonterminal", metric_names(c.kind)[0]) in rows) == varies, c.name
+        assert (c.name, "test", metric_names(c.kind)[0]) in rows
+    assert term.any() and not ((("in_lava", "test_nonterminal", "balanced_accuracy") in rows))
+    # the estimate against sklearn on the same fit's predictions, restricted to the non-terminal steps
+    cs = [c for c in lkd.ds.schema if c.name in {k[0] for k in rows}]
+    fit = HistoryFitter(cs, num_actions=store_num_actions(lkd.store), seed=0).fit(store_split(lkd.store, "train"),
+                                                                                 store_split(lkd.store, "val"))
+    pred = fit.predictions(store_split(lkd.store, "test"))["steps_to_goal"][0]
+    y = np.asarray(labels["steps_to_goal"])
+    assert rows[("steps_to_goal", "test_nonterminal", "r2")].estimate == pytest.approx(r2_score(y[~term], pred[~term]), abs=1e-6)
+    assert rows[("steps_to_goal", "test", "r2")].estimate == pytest.approx(r2_score(y, pred), abs=1e-6)

@@ -11,7 +11,7 @@ from probes.stats import Estimate
 
 
 def test_names_fixed_by_the_issue():
-    assert SPLITS == ("test", "ood", "imagined_k1", "imagined_k5", "imagined_k15")
+    assert SPLITS == ("test", "ood", "imagined_k1", "imagined_k5", "imagined_k15", "test_nonterminal")
     assert set(METRICS) == {"balanced_accuracy", "auroc", "macro_f1", "r2", "mae", "ece", "selectivity", "compression",
                            "compression_control", "state_consistency", "causal_sufficiency", "causal_sufficiency_null",
                            "causal_necessity", "causal_necessity_null"}
