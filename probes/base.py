@@ -49,6 +49,12 @@ class ProbeError(OntolabError):
 
 
 # ----------------------------------------------------------------------------------------- validation
+def varies(concept: Concept, y: Any) -> bool:
+    """Whether labels ``y [n]`` can train or score a probe: two or more classes, or a non-constant scalar."""
+    y = np.asarray(y)
+    return bool(np.std(y) > 0) if concept.kind == "scalar" else np.unique(y).size >= 2
+
+
 def as_latents(x: Any, what: str = "latents", dim: int | None = None) -> Tensor:
     """Check ``x`` is a finite ``[n d]`` float array/tensor and return it as a tensor."""
     t = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))

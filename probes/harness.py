@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from probes.base import Probe, ProbeError
+from probes.base import Probe, ProbeError, varies
 from probes.control import control_labels, observation_types
 from probes.extract import LatentStore, temp_dir_for, write_json
 from probes.grids import DEFAULT_GRIDS, GridFit
@@ -185,7 +185,7 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
     cs: list[Concept] = []
     for n in names:
         c, y = schema[n], labels["train"][n]
-        if (np.std(y) == 0) if c.kind == "scalar" else (np.unique(y).size < 2):
+        if not varies(c, y):
             skipped[n] = "one class (or a constant value) in the training split: no probe can be fitted"
             warnings.warn(f"harness: concept {n!r} skipped: {skipped[n]}", stacklevel=2)
         else:
@@ -273,7 +273,7 @@ def _nonterminal_rows(ctx: HarnessContext, store: LatentStore, cs: Sequence[Conc
     rows = []
     for c in cs:
         y = ctx.labels["test"][c.name][keep]
-        if (np.std(y) == 0) if c.kind == "scalar" else np.unique(y).size < 2:
+        if not varies(c, y):
             continue  # e.g. in_lava, at_goal: events that only happen on terminal steps
         pred, proba = preds[c.name]
         ests = concept_estimates(c.kind, y, pred[keep], None if proba is None else proba[keep],

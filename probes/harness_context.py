@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from probes.base import Probe
+from probes.base import Probe, varies
 from probes.codelength import coded_concept, compression_rows, mdl_subsample
 from probes.control import selectivity
 from probes.grids import GridFit, as_tensor, fit_method
@@ -51,10 +51,7 @@ class HarnessContext:
         idx = np.arange(n) if limit is None or n <= limit else np.sort(np.random.default_rng(self.seed).choice(n, limit, replace=False))
         x, xv = as_tensor(xs["train"][idx], self.device, self.dtype), as_tensor(xs["val"], self.device, self.dtype)
 
-        def fittable(y: np.ndarray, c: Concept) -> bool:
-            return bool(np.std(y) > 0) if c.kind == "scalar" else np.unique(y).size >= 2
-
-        ok = [c for c in cs if fittable(self.labels["train"][c.name][idx], c)]
+        ok = [c for c in cs if varies(c, self.labels["train"][c.name][idx])]
         for c in cs:
             if c not in ok:
                 self.skipped[f"{method}/{site}/{c.name}"] = "one class in the subsampled training rows"
@@ -64,7 +61,7 @@ class HarnessContext:
         task = fit_method(method, x, ys, xv, yv, ok, self.grid[method], seeds=self.seeds, **kw) if ok else {}
         if not with_control or not self.ctrl:
             return task, {}
-        cc = [c for c in ok if fittable(self.ctrl["train"][c.name][idx], c)]
+        cc = [c for c in ok if varies(c, self.ctrl["train"][c.name][idx])]
         for c in ok:
             if c not in cc:
                 self.skipped[f"{method}/{site}/{c.name}/control"] = "control labels have one class in training"

@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dynamics.base import DynamicsModel
-from probes.base import ProbeError
+from probes.base import ProbeError, varies
 from probes.consistency import as_episodes, concept_at, imagination_consistency, imagine_latents
 from probes.extract import LatentStore
 from probes.grids import DETERMINISTIC, as_tensor, fit_method
@@ -140,7 +140,7 @@ def fit_on_imagined(model: DynamicsModel, dataset: TrajectoryDataset, store: Lat
             for n in group:  # one grid point per concept: fit concept by concept at its own point
                 c = entries[n].concept
                 y = ys["train"][n][idx]
-                if (np.std(y) == 0) if c.kind == "scalar" else np.unique(y).size < 2:
+                if not varies(c, y):
                     skipped[f"imagined_fit:{n}"] = "one class (or a constant value) in the training rows"
                     continue
                 fits = fit_method(method, as_tensor(x["train"][idx], device, dtype), {n: as_tensor(y)},

@@ -299,13 +299,13 @@ def _metrics(cfg: RunConfig, world, spec, runs, probes_dir: Path, skipped: dict[
             e = ontology[concept]
             for metric, est in metrics.items():
                 ref = dataset.get((e.method + IMAGINED_SUFFIX * refit, e.site, concept, metric))
+                hist, hist_split = history.get((concept, metric), (None, None))
                 shift.append({**key, "concept": concept, "method": e.method, "site": e.site, "metric": metric,
                               "in_reward": concept in {u.name for u in spec.concepts()},
                               "visited": _est(est), "states": int(log.visited.episode.size),
                               "dataset_test": None if ref is None else
                               {"estimate": ref.estimate, "ci_low": ref.ci_low, "ci_high": ref.ci_high},
-                              "history_test": history.get((concept, metric), (None,))[0],
-                              "history_split": history.get((concept, metric), (None, None))[1]})
+                              "history_test": hist, "history_split": hist_split})
     return {"world": cfg.world.name, "reward": spec.to_dict(), "episodes": p.episodes, "settings": to_dict(p),
             "rows": rows, "shift": shift, "quality_bar": quality_bar(rows, shift), "skipped": skipped}
 
