@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterator, Mapping, get_type_hints
 
 import torch
 from torch import Tensor, nn
@@ -175,3 +175,30 @@ class DynamicsModel(nn.Module, ABC):
     @property
     def can_decode(self) -> bool:
         return type(self).decode is not DynamicsModel.decode
+
+
+_TYPE_WORDS = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}
+
+
+def check_config_types(config: Any) -> None:
+    """Raise ``TypeError`` naming the field and the expected type unless every ``int`` / ``float`` / ``str`` /
+    ``bool`` field of the config dataclass ``config`` holds that type (``ValueError`` for a NaN or infinite
+    float); the models' config validation, before their range checks.
+
+    ``bool`` is not an integer here (``deter=true`` is refused, not read as 1); an ``int`` is accepted for
+    a ``float`` field."""
+    hints = get_type_hints(type(config))
+    for f in fields(config):
+        want, value = hints.get(f.name), getattr(config, f.name)
+        if want not in _TYPE_WORDS:
+            continue
+        if want is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+        elif want is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, want)
+        if not ok:
+            raise TypeError(f"{f.name} must be {_TYPE_WORDS[want]}, got {value!r} ({type(value).__name__})")

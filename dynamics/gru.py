@@ -29,7 +29,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from dynamics.balance import balanced_recon_loss, check_recon_balance, class_balance_for
-from dynamics.base import ActionSpec, DynamicsModel, LatentState, LossOutput, ObsSpec
+from dynamics.base import ActionSpec, DynamicsModel, LatentState, LossOutput, ObsSpec, check_config_types
 from dynamics.networks import (ENCODER_KINDS, ObsDecoder, ObsEncoder, check_sequence, decode_with,
                                embed_actions, flatten_bt, plain_specs, run_gru)
 
@@ -78,6 +78,7 @@ class RecurrentConfig:
     """Encode and reconstruct vector observations in symlog space."""
 
     def __post_init__(self) -> None:
+        check_config_types(self)  # before the range checks: deter=1.5 or [1, 2] is named, not a TypeError deep in torch
         for name in ("deter", "hidden", "embed", "conv_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")

@@ -38,7 +38,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from dynamics.balance import balanced_recon_loss, check_recon_balance, class_balance_for
-from dynamics.base import ActionSpec, DynamicsModel, LatentState, LossOutput, ObsSpec
+from dynamics.base import ActionSpec, DynamicsModel, LatentState, LossOutput, ObsSpec, check_config_types
 from dynamics.networks import (ENCODER_KINDS, ObsDecoder, ObsEncoder, check_sequence, decode_with,
                                embed_actions, flatten_bt, mlp, plain_specs)
 
@@ -144,6 +144,7 @@ class RSSMConfig:
     that carry the concepts. ``has_key`` (remembered, never shown) stays at ~0.75 for all three."""
 
     def __post_init__(self) -> None:
+        check_config_types(self)  # before the range checks: deter=1.5 or [1, 2] is named, not a TypeError deep in torch
         for name in ("deter", "stoch", "classes", "hidden", "embed", "conv_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")

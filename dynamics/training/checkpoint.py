@@ -109,11 +109,16 @@ def verify_checkpoint(path: str | os.PathLike, data: bytes | None = None) -> dic
     side = sidecar_path(path)
     try:
         record = json.loads(side.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} has no sidecar {side.name}, so it cannot be verified; "
-                              "it was not written by AtomicCheckpointIO or the sidecar was deleted") from None
+    except FileNotFoundError:  # refused, not loaded unverified: the sidecar is the only integrity check
+        raise CheckpointError(f"checkpoint {path} has no sidecar {side.name}, so it cannot be verified (it was not "
+                              f"written by AtomicCheckpointIO, or the sidecar was lost); copy {side.name} with it "
+                              "from where the checkpoint came from") from None
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint sidecar {side} is unreadable ({e})") from None
+        raise CheckpointError(f"checkpoint sidecar {side} is unreadable ({e}); copy {side.name} again from where the "
+                              "checkpoint came from") from None
+    if not isinstance(record, dict):
+        raise CheckpointError(f"checkpoint sidecar {side} holds a JSON {type(record).__name__}, expected an object "
+                              f"with the checkpoint's sha256; copy {side.name} again from where the checkpoint came from")
     digest = hashlib.sha256(data).hexdigest()
     if digest == record.get("sha256"):
         return {"sha256": digest, "bytes": len(data), "global_step": record.get("global_step")}
@@ -199,6 +204,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             try:
                 previous = json.loads(sidecar_path(path).read_text())
             except (OSError, ValueError):
+                previous = {}
+            if not isinstance(previous, dict):  # a damaged sidecar vouches for nothing
                 previous = {}
         record = {
             "file": path.name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
@@ -368,13 +375,42 @@ def load_model(path: str | os.PathLike, expected_model: str | None = None, *, ma
         action_spec = ActionSpec(**meta["action_spec"])
         hparams = {k: v for k, v in meta["hparams"].items() if k not in ("obs_spec", "action_spec")}
         model = (build or _registry_build)(name, obs_spec, action_spec, hparams)
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"checkpoint {path}: cannot rebuild model {name!r} from its hparams ({e})") from None
     prefix = "model."
-    state = {k[len(prefix):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)}
+    stored = ckpt.get("state_dict", {})
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"checkpoint {path}: its state_dict is a {type(stored).__name__}, expected a dict; "
+                              "the checkpoint was not written by fit_dynamics")
+    state = {k[len(prefix):]: v for k, v in stored.items() if isinstance(k, str) and k.startswith(prefix)}
+    check_weights_fit(path, model, state)
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint {path}: weights do not fit model {name!r} ({first})") from None
+    except RuntimeError as e:  # anything check_weights_fit cannot see: keep the cause, on one line
+        cause = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"checkpoint {path}: weights do not fit model {name!r} ({cause}); the checkpoint was "
+                              "written by a different model version or configuration: retrain") from None
     return model.train(False)  # eval mode
+
+
+def _first(keys: Sequence[str], n: int = 4) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def check_weights_fit(path: str | os.PathLike, model: torch.nn.Module, state: dict[str, Any]) -> None:
+    """Raise :class:`CheckpointError` naming the file and the first missing, unexpected or reshaped keys
+    unless ``state`` (keys without the Lightning ``model.`` prefix) loads into ``model`` with ``strict=True``.
+
+    (``load_state_dict``'s own error puts the cause on later lines, under "Error(s) in loading state_dict".)"""
+    ours = model.state_dict()
+    missing = [k for k in ours if k not in state]
+    unexpected = [k for k in state if k not in ours]
+    reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in ours.items()
+                if k in state and torch.is_tensor(state[k]) and tuple(state[k].shape) != tuple(v.shape)]
+    problems = [f"{what}: {_first(keys)}" for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                                             ("shapes (checkpoint vs model)", reshaped)) if keys]
+    if problems:
+        name = getattr(type(model), "name", type(model).__name__)
+        raise CheckpointError(f"checkpoint {path}: weights do not fit model {name!r} ({'; '.join(problems)}); the "
+                              "checkpoint was written by a different model version or configuration: retrain")

@@ -257,9 +257,10 @@ class WindowDataModule(pl.LightningDataModule):
         return DataLoader(self.val_windows, batch_size=self.batch_size, sampler=indices, num_workers=self.num_workers,
                           generator=self._generator(), persistent_workers=self.num_workers > 0)
 
-    def settings(self) -> dict[str, Any]:
-        """What the training order depends on (checked on resume)."""
-        _, world = self._rank_world()
+    def settings(self, world_size: int | None = None) -> dict[str, Any]:
+        """What the training order depends on (checked on resume); ``world_size`` defaults to the trainer's
+        (1 without one)."""
+        world = self._rank_world()[1] if world_size is None else int(world_size)
         return {"seed": self.seed, "window": self.window, "batch_size": self.batch_size, "world_size": world,
                 "train_split": self.train_split, "fingerprint": str(self.source.fingerprint)}
 
@@ -267,9 +268,20 @@ class WindowDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return {**self.settings(), "batches_trained": trainer.global_step if trainer is not None else 0}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        now = self.settings()
+    def check_resume(self, state_dict: Any, world_size: int | None = None, *, skip: Sequence[str] = ()) -> None:
+        """Refuse (one line) to resume from a checkpoint whose data-module state was saved with other settings
+        (``skip``: settings not compared, e.g. ``("world_size",)`` before the Trainer exists).
+
+        ``fit_dynamics`` calls this before it writes anything, with the checkpoint's stored state;
+        :meth:`load_state_dict` calls it again when Lightning restores the state."""
+        if not isinstance(state_dict, dict):
+            raise OntolabError(f"cannot resume: the checkpoint's data-module state is a {type(state_dict).__name__}, "
+                               "expected a dict; the checkpoint was not written by fit_dynamics: choose another out_dir")
+        now = {k: v for k, v in self.settings(world_size).items() if k not in skip}
         diff = {k: (state_dict.get(k), v) for k, v in now.items() if state_dict.get(k) != v}
         if diff:
             shown = "; ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in diff.items())
             raise OntolabError(f"cannot resume: the data settings changed ({shown}); resume with the original settings")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.check_resume(state_dict)

@@ -29,16 +29,18 @@ import string
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Timer
 
 from dynamics.base import DynamicsModel
-from dynamics.training.checkpoint import (BEST_NAME, LAST_NAME, AtomicCheckpointIO, RngState, SnapshotCheckpoint,
-                                          atomic_write_json, checkpoint_callbacks, find_resume_checkpoint,
-                                          list_snapshots)
+from dynamics.training.checkpoint import (BEST_NAME, LAST_NAME, AtomicCheckpointIO, CheckpointError, RngState,
+                                          SnapshotCheckpoint, atomic_write_json, check_weights_fit,
+                                          checkpoint_callbacks, find_resume_checkpoint, list_snapshots,
+                                          read_checkpoint)
 from dynamics.training.data import WindowDataModule, WindowSource
 from dynamics.training.guards import NonFiniteGuard
 from dynamics.training.module import DynamicsModule
@@ -97,6 +99,45 @@ def _check_specs(model: DynamicsModel, data: WindowSource) -> None:
                                "build the model from the dataset's specs")
 
 
+def _make_trainer(settings: Mapping[str, Any], **kwargs: Any) -> pl.Trainer:
+    """``pl.Trainer(**kwargs)``; Lightning's refusal of the hardware settings becomes one line naming them."""
+    try:
+        return pl.Trainer(**kwargs)
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as e:
+        cause = " ".join(str(e).split())[:240] or type(e).__name__
+        shown = ", ".join(f"{k}={settings[k]!r}" for k in ("accelerator", "devices", "strategy", "num_nodes", "precision"))
+        raise OntolabError(f"Lightning cannot train with {shown}: {cause}; choose settings this machine supports "
+                           "(command line: dynamics.accelerator=cpu|gpu|auto, dynamics.strategy=auto|ddp|..., "
+                           "dynamics.devices, dynamics.num_nodes)") from None
+
+
+def _check_data_state(path: Path, datamodule: WindowDataModule, state: Any, world_size: int | None = None,
+                      skip: Sequence[str] = ()) -> None:
+    if state is None:  # Lightning restores (and WindowDataModule checks) the state only when it is there
+        return
+    try:
+        datamodule.check_resume(state, world_size, skip=skip)
+    except OntolabError as e:
+        raise OntolabError(f"{e} (checkpoint {path})") from None
+
+
+def _check_resume_checkpoint(path: Path, module: DynamicsModule, datamodule: WindowDataModule) -> Any:
+    """Refuse, before anything is written, a checkpoint whose data settings (but the world size: the Trainer
+    knows it) or weights do not fit this run (Lightning would find out only inside ``trainer.fit``, after
+    ``run.json`` was rewritten). Returns the checkpoint's data-module state, for the world-size check."""
+    ckpt = read_checkpoint(path)
+    state = ckpt.get(type(datamodule).__qualname__)
+    _check_data_state(path, datamodule, state, skip=("world_size",))
+    stored = ckpt.get("state_dict")
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"checkpoint {path} holds no state_dict; it was not written by fit_dynamics: "
+                              "choose another out_dir")
+    prefix = "model."
+    check_weights_fit(path, module.model, {k[len(prefix):]: v for k, v in stored.items()
+                                           if isinstance(k, str) and k.startswith(prefix)})
+    return state
+
+
 def _make_logger(kind: str, out: Path, project: str, run_id: str | None, name: str | None) -> Any:
     if kind == "none":
         return False
@@ -122,6 +163,7 @@ def fit_dynamics(
     accelerator: str = "cpu", devices: int | str = 1, strategy: str | Any = "auto", num_nodes: int = 1,
     precision: str | int = "32-true", num_workers: int = 0, progress_bar: bool = True,
     callbacks: Sequence[pl.Callback] = (), snapshot_steps: Sequence[int] = (),
+    on_ready: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on windows of ``data`` (train split; validation on the val split) into ``out_dir``.
 
@@ -133,6 +175,15 @@ def fit_dynamics(
     extra Lightning callbacks. ``snapshot_steps``: global steps (0: the initial weights) at which a
     weights-only ``checkpoints/snapshot-step=<N>.ckpt`` is also written (steps not reached are absent;
     ``metrics.json`` lists the ones that exist under ``snapshots``).
+
+    Every check runs before anything is written (the arguments, the checkpoint folder, on resume the
+    checkpoint's data settings and weights against this run, the Trainer's hardware settings): a refused
+    call leaves ``out_dir`` as it was. ``on_ready()`` is then called (on the global-zero process) before
+    ``run.json`` is written, for the caller's own files (the train stage writes ``config.yaml`` there).
+
+    Open-loop ks that a ``window``-step validation window cannot hold (``k >= window``) are dropped with
+    a warning; ``metrics.json`` lists every requested k without a value under ``open_loop_missing`` with
+    the reason (the ks are an argument here, so a short window is not refused).
     """
     _check_int("max_steps", max_steps, 1)
     _check_int("val_every", val_every, 1)
@@ -144,6 +195,10 @@ def fit_dynamics(
         raise OntolabError(f"max_time_s must be a positive number of seconds or None, got {max_time_s!r}")
     if grad_clip is not None and not grad_clip > 0:
         raise OntolabError(f"grad_clip must be positive or None, got {grad_clip!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise OntolabError(f"lr must be a finite number > 0, got {lr!r}")
+    _check_int("window", window, 1)
+    _check_int("batch_size", batch_size, 1)
     _check_specs(model, data)
     out = Path(out_dir)
     ckpt_dir = out / "checkpoints"
@@ -157,12 +212,16 @@ def fit_dynamics(
         if ckpt_path is None:
             warnings.warn(f"resume=True but {ckpt_dir} holds no checkpoint; starting from step 0", stacklevel=2)
         if (out / "run.json").is_file():
-            previous = json.loads((out / "run.json").read_text())
+            try:
+                previous = json.loads((out / "run.json").read_text())
+            except ValueError:  # unreadable: only the wandb run id is taken from it
+                previous = {}
+            previous = previous if isinstance(previous, dict) else {}
     else:
         ckpt_path = None
         if ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
-            raise OntolabError(f"{ckpt_dir} already holds checkpoints; pass resume=True to continue that run "
-                               "or choose another out_dir")
+            raise OntolabError(f"{ckpt_dir} already holds checkpoints of a run; continue that run with resume=True "
+                               "(command line: resume=true) or train into another folder (out_dir; command line: out=)")
 
     # -- pieces ---------------------------------------------------------------------------------------
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -170,11 +229,13 @@ def fit_dynamics(
                                   max_val_windows=max_val_windows)
     module = DynamicsModule(model, lr=lr, weight_decay=weight_decay, open_loop_ks=open_loop_ks, val_seed=seed)
     timer = Timer(duration=None if max_time_s is None else {"seconds": float(max_time_s)}, interval="step")
+    stored_data_state = None if ckpt_path is None else _check_resume_checkpoint(ckpt_path, module, datamodule)
     run_logger = _make_logger(logger, out, wandb_project, previous.get("wandb_run_id"), run_name)
     run_id = getattr(run_logger, "version", None) if run_logger else None
     was_deterministic = (torch.are_deterministic_algorithms_enabled(),
                          torch.is_deterministic_algorithms_warn_only_enabled())
-    trainer = pl.Trainer(
+    trainer = _make_trainer(
+        settings,
         accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes, precision=precision,
         max_steps=max_steps, max_epochs=-1, val_check_interval=val_every, check_val_every_n_epoch=None,
         num_sanity_val_steps=1, gradient_clip_val=grad_clip, gradient_clip_algorithm="norm",
@@ -186,8 +247,18 @@ def fit_dynamics(
         enable_progress_bar=progress_bar, enable_model_summary=progress_bar, default_root_dir=str(out),
         use_distributed_sampler=False,  # WindowDataModule shards by rank itself
     )
+    if ckpt_path is not None:
+        _check_data_state(ckpt_path, datamodule, stored_data_state, trainer.world_size)
+
+    # -- every check passed: write ---------------------------------------------------------------------
+    too_long = sorted({int(k) for k in module.open_loop_ks if k >= window})
+    if too_long:
+        warnings.warn(f"window={window} holds no {'/'.join(map(str, too_long))}-step open-loop span: metrics.json "
+                      f"will have no open_loop {too_long}; use window > {max(too_long)} to get them", stacklevel=2)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
+        if on_ready is not None:
+            on_ready()
         atomic_write_json(out / "run.json", {
             "settings": settings, "model": module.meta, "dataset_fingerprint": str(data.fingerprint),
             "seed": seed, "wandb_run_id": run_id, "resumed_from": None if ckpt_path is None else str(ckpt_path),
@@ -240,9 +311,22 @@ def fit_dynamics(
         record["open_loop"] = {str(k): v for k, v in open_loop.items()}
         record["snapshots"] = {"requested": sorted(int(s) for s in snapshot_steps), "steps": sorted(result.snapshots),
                                "files": {str(k): p.relative_to(out).as_posix() for k, p in result.snapshots.items()}}
+        record["open_loop_missing"] = {str(k): _missing_reason(k, window, module, metrics)
+                                       for k in module.open_loop_ks if k not in open_loop}
         record["val_metrics"] = metrics
         atomic_write_json(out / "metrics.json", json_safe(record))
     return result
+
+
+def _missing_reason(k: int, window: int, module: DynamicsModule, metrics: Mapping[str, float]) -> str:
+    """Why ``val/open_loop_<k>`` has no value (``metrics.json``'s ``open_loop_missing``)."""
+    if not module.model.can_decode:
+        return f"{type(module.model).__name__} does not decode observations"
+    if k >= window:
+        return f"window={window} holds no {k}-step open-loop span; use window > {k}"
+    if "val/loss" not in metrics:
+        return "no validation ran"
+    return f"every validation window has a reset within {k} steps of its context"
 
 
 _SETTING_NAMES = frozenset({

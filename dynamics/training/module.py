@@ -19,6 +19,7 @@ uninterrupted runs stay bitwise equal -- and validation numbers are reproducible
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -68,7 +69,7 @@ class DynamicsModule(pl.LightningModule):
         super().__init__()
         if not isinstance(model, DynamicsModel):
             raise TypeError(f"model must be a dynamics.base.DynamicsModel, got {type(model).__name__}")
-        if lr <= 0 or weight_decay < 0:
+        if not math.isfinite(lr) or lr <= 0 or not math.isfinite(weight_decay) or weight_decay < 0:
             raise ValueError(f"lr must be > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
         if any(int(k) < 1 for k in open_loop_ks):
             raise ValueError(f"open_loop_ks must be positive integers, got {tuple(open_loop_ks)}")

@@ -20,7 +20,7 @@ def build_for_dataset(cfg: RunConfig, ds: TrajectoryDataset):
     try:
         return build_model(cfg.dynamics.model, ObsSpec.from_manifest(ds.obs_spec),
                            ActionSpec.from_manifest(ds.action_spec), **cfg.dynamics.hparams)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise ConfigError(f"dynamics: {e}") from None
 
 
@@ -34,14 +34,15 @@ def run_train(cfg: RunConfig, data_path: Path, out: Path, *, progress: bool = Tr
     if d.resume:  # a corrupt checkpoint or one of another model is refused before anything is written
         check_resumable(out / "checkpoints", model)
     logger = "none" if cfg.wandb.mode == "disabled" else f"wandb-{cfg.wandb.mode}"
-    out.mkdir(parents=True, exist_ok=True)
-    write_config(cfg, out / "config.yaml")
+    # config.yaml is written (atomically) only once fit_dynamics has run every check: a refused train into a
+    # finished run folder leaves its config.yaml and run.json as they were
     result = fit_dynamics(
         model, ds, out, max_steps=d.max_steps, max_time_s=d.max_time_s, batch_size=d.batch_size,
         window=d.window, lr=d.lr, grad_clip=d.grad_clip, seed=cfg.seed, resume=d.resume,
         val_every=d.val_every, logger=logger, wandb_project=cfg.wandb.project,
         accelerator=d.accelerator, devices=d.devices, strategy=d.strategy, num_nodes=d.num_nodes,
         progress_bar=progress, snapshot_steps=snapshot_steps(d.snapshots, d.max_steps),
+        on_ready=lambda: write_config(cfg, out / "config.yaml"),
     )
     evaluate_stage(model, data_path, out, seed=cfg.seed)
     return result
@@ -66,10 +67,11 @@ def check_resumable(ckpt_dir: Path, model) -> None:
     path = find_resume_checkpoint(ckpt_dir)  # raises, naming them, if checkpoints exist and none is valid
     if path is None:
         return
-    theirs, ours = read_checkpoint(path).get(META_KEY) or {}, model_meta(model)
+    theirs, ours = read_checkpoint(path).get(META_KEY), model_meta(model)
+    theirs = theirs if isinstance(theirs, dict) else {}
     if theirs.get("model") != ours["model"]:
         raise CheckpointError(f"checkpoint {path} holds a {theirs.get('model')!r} model, expected {ours['model']!r}; "
-                              "choose another out= or drop dynamics.resume=true")
+                              "choose another out= or drop resume=true")
     differ = [k for k in ("hparams", "obs_spec", "action_spec")
               if json.dumps(theirs.get(k), sort_keys=True) != json.dumps(ours[k], sort_keys=True)]
     if differ:

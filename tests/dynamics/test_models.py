@@ -18,7 +18,10 @@ from dynamics.spr import effective_rank, vicreg_terms
 torch.set_num_threads(1)
 
 SMALL = {"deter": 32, "hidden": 32, "embed": 16}
-SMALL_BY_MODEL = {"rssm": {**SMALL, "stoch": 4, "classes": 4, "stoch_kind": "discrete"}, "gru": SMALL, "spr": SMALL}
+SMALL_BY_MODEL = {"rssm": {**SMALL, "stoch": 4, "classes": 4, "stoch_kind": "discrete"},
+                  "rssm_gaussian": {**SMALL, "stoch": 4, "stoch_kind": "gaussian"}, "gru": SMALL, "spr": SMALL}
+VARIANTS = tuple(SMALL_BY_MODEL)
+"""Every registered model, the RSSM with both latents: ``rssm`` (categorical) and ``rssm_gaussian`` (the default)."""
 OBS = {"symbolic": ObsSpec((3, 4, 4), "symbolic"), "image": ObsSpec((3, 20, 12), "image"), "vector": ObsSpec((5,), "vector")}
 ACT = {"discrete": ActionSpec(True, n=5), "continuous": ActionSpec(False, dim=2)}
 MOVES = torch.tensor([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]])
@@ -30,7 +33,7 @@ def small(name: str, obs: ObsSpec, act: ActionSpec, seed: int = 0, **extra):
     if obs.kind == "image":
         hp.setdefault("encoder", "conv")
         hp.setdefault("conv_depth", 4)
-    return build_model(name, obs, act, **hp)
+    return build_model(name.removesuffix("_gaussian"), obs, act, **hp)
 
 
 def random_batch(obs: ObsSpec, act: ActionSpec, b: int, t: int, seed: int = 0):
@@ -65,7 +68,12 @@ def walk(b: int, t: int, size: int = 4, seed: int = 0):
     return obs, actions, first, pos
 
 
-@pytest.mark.parametrize("name,obs_kind,act_kind", list(itertools.product(model_names(), OBS, ACT)))
+def test_variants_cover_every_model_and_both_rssm_latents():
+    assert {v.removesuffix("_gaussian") for v in VARIANTS} == set(model_names())
+    assert {SMALL_BY_MODEL[v].get("stoch_kind") for v in VARIANTS if v.startswith("rssm")} == {"discrete", "gaussian"}
+
+
+@pytest.mark.parametrize("name,obs_kind,act_kind", list(itertools.product(VARIANTS, OBS, ACT)))
 def test_shapes(name, obs_kind, act_kind):
     obs, act = OBS[obs_kind], ACT[act_kind]
     model = small(name, obs, act)
@@ -78,6 +86,9 @@ def test_shapes(name, obs_kind, act_kind):
     assert set(model.sites) == set(post.sites)
     for site, shape in model.sites.items():
         assert tuple(post[site].shape) == (3, 6, *shape), site
+    if name.startswith("rssm"):  # written out: 4 Gaussian dimensions, or 4 groups x 4 classes
+        assert model.sites["stoch"] == ((4,) if name == "rssm_gaussian" else (16,))
+        assert model.sites["feat"] == (SMALL["deter"] + model.sites["stoch"][0],)
     imagined = model.imagine(post.at((slice(None), -1)), a[:, :4])
     assert "feat" in imagined.sites
     for site in imagined:
@@ -92,7 +103,7 @@ def test_shapes(name, obs_kind, act_kind):
             model.decode(imagined)
 
 
-@pytest.mark.parametrize("name", model_names())
+@pytest.mark.parametrize("name", VARIANTS)
 def test_zero_horizon_imagine(name):
     obs, act = OBS["symbolic"], ACT["discrete"]
     model = small(name, obs, act)
@@ -104,7 +115,7 @@ def test_zero_horizon_imagine(name):
         assert tuple(model.imagine(state, torch.zeros(2, 0, dtype=torch.long)).feat.shape) == (2, 0, *model.sites["feat"])
 
 
-@pytest.mark.parametrize("name,act_kind", list(itertools.product(model_names(), ACT)))
+@pytest.mark.parametrize("name,act_kind", list(itertools.product(VARIANTS, ACT)))
 def test_is_first_resets_state(name, act_kind):
     obs, act = OBS["symbolic"], ACT[act_kind]
     model = small(name, obs, act).eval()
@@ -121,7 +132,7 @@ def test_is_first_resets_state(name, act_kind):
     torch.testing.assert_close(model.observe(o, a2, first).feat, joined.feat)
 
 
-@pytest.mark.parametrize("name", model_names())
+@pytest.mark.parametrize("name", VARIANTS)
 def test_imagine_matches_with_and_without_grad(name):
     obs, act = OBS["vector"], ACT["continuous"]
     model = small(name, obs, act).eval()
@@ -258,12 +269,12 @@ def test_build_model_refuses_unknown_names_and_hparams():
         build_model("rssm", OBS["vector"], ACT["discrete"], stoch_kind="beta")
 
 
-@pytest.mark.parametrize("name,obs_kind", list(itertools.product(model_names(), ["symbolic", "image"])))
+@pytest.mark.parametrize("name,obs_kind", list(itertools.product(VARIANTS, ["symbolic", "image"])))
 def test_hparams_round_trip(name, obs_kind):
     obs, act = OBS[obs_kind], ACT["discrete"]
     model = small(name, obs, act).eval()
     hparams = json.loads(json.dumps(model.hparams))  # plain JSON types only
-    rebuilt = build_model(name, **hparams).eval()
+    rebuilt = build_model(model.name, **hparams).eval()
     assert [(k, v.shape) for k, v in rebuilt.state_dict().items()] == [(k, v.shape) for k, v in model.state_dict().items()]
     rebuilt.load_state_dict(model.state_dict())
     o, a, first = random_batch(obs, act, 2, 5)

@@ -139,7 +139,8 @@ def test_fit_learns_and_writes_its_outputs(kit, grid_source, tmp_path):
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["dataset_fingerprint"] == grid_source.fingerprint and run["model"]["model"] == "tiny"
     assert _weights(result.last_checkpoint)["model.dec.weight"].equal(model.dec.weight.detach())
-    with pytest.raises(OntolabError, match="already holds checkpoints; pass resume=True"):
+    with pytest.raises(OntolabError, match=r"already holds checkpoints of a run; continue that run with resume=True "
+                                           r"\(command line: resume=true\)"):
         fit_dynamics(kit.tiny_for(grid_source), grid_source, tmp_path, max_steps=5, val_every=5, **kit.fast)
 
 
@@ -185,3 +186,60 @@ def test_fit_reads_an_on_disk_trajectory_dataset(kit, tmp_path):
 def test_fit_refuses_a_model_built_for_other_specs(kit, grid_source, vector_source, tmp_path):
     with pytest.raises(OntolabError, match=r"the dataset holds vector observations of shape \(2,\), the model expects symbolic"):
         fit_dynamics(kit.tiny_for(grid_source), vector_source, tmp_path, max_steps=2, val_every=1, **kit.fast)
+
+
+def _bytes(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.filterwarnings("ignore:window=12 holds no 15-step open-loop span")
+def test_a_refused_fit_writes_nothing(kit, grid_source, tmp_path):
+    """Every refusal comes before run.json (or the caller's on_ready files) is written: the folder stays byte-identical."""
+    fit_dynamics(kit.tiny_for(grid_source), grid_source, tmp_path, max_steps=4, val_every=2, seed=0, **kit.fast)
+    before = _bytes(tmp_path)
+    called = []
+    refusals = [
+        ({"resume": False}, "already holds checkpoints"),
+        ({"resume": True, "batch_size": 5}, r"the data settings changed \(batch_size: checkpoint 4, now 5\)"),
+        ({"resume": True, "window": 12}, r"the data settings changed \(window: checkpoint 16, now 12\)"),
+        ({"resume": True, "hidden": 8},
+         r"weights do not fit model 'tiny' \(shapes .*enc\.0\.weight \(16, 18\) vs \(8, 18\).*retrain"),
+        ({"resume": True, "strategy": "bogus"}, r"Lightning cannot train with .*strategy='bogus'.*dynamics\.strategy"),
+        ({"resume": True, "lr": float("nan")}, r"lr must be a finite number > 0, got nan"),
+    ]
+    if not torch.cuda.is_available():
+        refusals.append(({"resume": True, "accelerator": "gpu"},
+                         r"Lightning cannot train with accelerator='gpu'.*dynamics\.accelerator"))
+    for change, message in refusals:
+        change = dict(change)
+        model = kit.tiny_for(grid_source, **({"hidden": change.pop("hidden")} if "hidden" in change else {}))
+        with pytest.raises(OntolabError, match=message):
+            fit_dynamics(model, grid_source, tmp_path, max_steps=8, val_every=2, seed=0,
+                         on_ready=lambda: called.append(1), **{**kit.fast, **change})
+        assert _bytes(tmp_path) == before, change
+    assert not called, "on_ready runs only once every check passed"
+    fit_dynamics(kit.tiny_for(grid_source), grid_source, tmp_path, max_steps=6, val_every=2, seed=0, resume=True,
+                 on_ready=lambda: called.append(1), **kit.fast)
+    assert called == [1] and json.loads((tmp_path / "run.json").read_text())["settings"]["max_steps"] == 6
+
+
+def test_a_short_window_records_the_open_loop_ks_it_cannot_hold(kit, grid_source, tmp_path):
+    with pytest.warns(UserWarning, match=r"window=8 holds no 15-step open-loop span"):
+        result = fit_dynamics(kit.tiny_for(grid_source), grid_source, tmp_path, max_steps=4, val_every=2, seed=0,
+                              **{**kit.fast, "window": 8})
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(result.open_loop) == {1, 5} and set(metrics["open_loop"]) == {"1", "5"}
+    assert metrics["open_loop_missing"] == {"15": "window=8 holds no 15-step open-loop span; use window > 15"}
+
+
+def test_a_save_over_a_sidecar_that_is_no_json_object_still_writes_a_verified_checkpoint(tmp_path):
+    from dynamics.training.checkpoint import AtomicCheckpointIO, sidecar_path
+
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "state_dict": {"w": torch.zeros(2)}}, path)
+    sidecar_path(path).write_text("[1, 2]\n")  # valid JSON, but not the object a sidecar is
+    with pytest.raises(OntolabError, match=r"last\.ckpt\.sha256\.json holds a JSON list, expected an object"):
+        read_checkpoint(path)
+    io.save_checkpoint({"global_step": 2, "state_dict": {"w": torch.ones(2)}}, path)
+    assert read_checkpoint(path)["global_step"] == 2
+    assert json.loads(sidecar_path(path).read_text())["previous_sha256"] is None  # the damaged record vouched for nothing
