@@ -9,7 +9,8 @@ first actions. :func:`oracle_model` puts a world's true simulator behind the mod
 
 from planning.cem import CEM
 from planning.closed_loop import (Decisions, EpisodeLog, LatentFilter, ModelPlannerPolicy, OraclePolicy, PolicyStep,
-                                  RandomPolicy, TrueStatePlannerPolicy, Visited, run_closed_loop)
+                                  RandomPolicy, TrueReward, TrueStatePlannerPolicy, Visited, run_closed_loop,
+                                  true_step_reward)
 from planning.discrete import DiscreteCEM, Exhaustive
 from planning.icem import ICEM, colored_noise
 from planning.mppi import MPPI
@@ -50,6 +51,7 @@ __all__ = [
     "Scores",
     "Shield",
     "StepRewards",
+    "TrueReward",
     "TrueStatePlannerPolicy",
     "Visited",
     "best_of_n_kl",
@@ -62,4 +64,5 @@ __all__ = [
     "run_closed_loop",
     "save_curves",
     "score_sequences",
+    "true_step_reward",
 ]

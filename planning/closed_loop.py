@@ -4,9 +4,9 @@
 
     world = make_world("lavakeydoor", num_envs=16, seed=0)
     planner = make_planner("discrete_cem", model, concept_reward(spec.compile(world.schema), ontology.resolver), 15)
-    policy = ModelPlannerPolicy(model, planner, reader=ontology.resolver, read_names=ontology.concepts)
-    log = run_closed_loop(world, policy, episodes=100, seed=0)       # EpisodeLog
-    log.success.mean(), log.decisions.predicted_return, log.visited.readings["in_lava"]
+    policy = ModelPlannerPolicy(model, planner, world.num_envs, reader=ontology.resolver, read_names=ontology.concepts)
+    log = run_closed_loop(world, policy, episodes=100, seed=0, true_reward=true_step_reward(spec, world.schema))
+    log.success.mean(), log.decisions.predicted_return, log.decisions.realised_return, log.visited.readings["in_lava"]
 
 The world steps all ``n`` envs as arrays; each env runs one episode after another until ``episodes``
 episodes have finished (an env with no episode left idles: it is reset and its actions ignored). Per
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +43,9 @@ from dynamics.base import DynamicsModel, LatentState
 from planning.latent_filter import LatentFilter
 from planning.planner import PlanInfo
 from planning.types import ConceptReader
+from rewards import RewardSpec
 from worlds.base import VectorWorld
+from worlds.concepts import ConceptSchema
 
 
 @dataclass(frozen=True)
@@ -113,9 +115,10 @@ class OraclePolicy(Policy):
 class ModelPlannerPolicy(Policy):
     """A planner (or a :class:`~planning.shield.Shield` around one) acting from a learned model's posterior.
 
-    One planner object serves every env: its warm start (``last_plan``) is kept per env and swapped
-    in before each env's decision, and cleared when the env starts an episode. Planners plan for one
-    state at a time, so the envs are planned in a Python loop (each decision is itself one batched
+    One planner object serves every env: its warm start (:meth:`~planning.planner.Planner.warm_state`:
+    the previous plan, and iCEM's kept elites) is kept per env and loaded before each env's decision, and
+    cleared when the env starts an episode, so no env is warm-started from another env's search.
+    Planners plan for one state at a time, so the envs are planned in a Python loop (each decision is itself one batched
     ``imagine`` per optimiser iteration); filtering is batched over envs. On CPU the loop costs nothing
     measurable: one ``imagine`` of ``k * n`` sequences took as long as ``k`` calls of ``n`` (RSSM, 1 thread:
     173 vs 170 ms for 8 x 64, 1256 vs 1007 ms for 16 x 256, horizon 8), the work being matmul-bound. On a
@@ -130,13 +133,12 @@ class ModelPlannerPolicy(Policy):
         super().__init__(observer=LatentFilter(model, num_envs, context=context, device=device),
                          reader=reader, read_names=read_names)
         self.model, self.planner = model, planner
-        self._inner = getattr(planner, "planner", planner)     # a Shield keeps the warm start in its planner
-        self._plans: list[torch.Tensor | None] = [None] * num_envs
+        self._warm: list[dict[str, torch.Tensor | None] | None] = [None] * num_envs   # per env; None: fresh
 
     def start(self, world: VectorWorld, obs: np.ndarray, mask: np.ndarray) -> None:
         super().start(world, obs, mask)
         for i in np.flatnonzero(mask):
-            self._plans[i] = None
+            self._warm[i] = None
 
     def states(self, world: VectorWorld) -> LatentState:
         """``[n ...]`` the latent states the planner plans from: the filtered posteriors."""
@@ -148,9 +150,9 @@ class ModelPlannerPolicy(Policy):
                            dtype=np.int64 if world.discrete_actions else np.float32)
         infos = {}
         for i in np.flatnonzero(mask):  # planners take a batch-1 state: one decision per env
-            self._inner.last_plan = self._plans[i]
+            self.planner.load_warm_state(self._warm[i])
             a, info = self.planner.plan(states.at(slice(i, i + 1)))
-            self._plans[i] = self._inner.last_plan
+            self._warm[i] = self.planner.warm_state()
             actions[i] = a.detach().cpu().numpy()
             infos[int(i)] = info
         return PolicyStep(actions, infos)
@@ -168,8 +170,7 @@ class TrueStatePlannerPolicy(ModelPlannerPolicy):
                  read_names: Sequence[str] = ()):
         Policy.__init__(self, observer=observer, reader=reader, read_names=read_names)
         self.model, self.planner, self.device = oracle, planner, device
-        self._inner = getattr(planner, "planner", planner)
-        self._plans = [None] * num_envs
+        self._warm = [None] * num_envs
 
     def states(self, world: VectorWorld) -> LatentState:
         return self.model.state_of(world, device=self.device)
@@ -181,7 +182,17 @@ class Decisions:
 
     episode: np.ndarray
     step: np.ndarray
+    """Real steps taken in the episode before the decision (its state is the one after ``step`` steps)."""
     predicted_return: np.ndarray
+    """Imagined return of the returned plan: ``sum_{k<h} discount**k * r(imagined state after action k)``
+    (:class:`~planning.planner.PlanInfo`; ``h`` and ``discount`` are the planner's)."""
+    realised_return: np.ndarray
+    """What the real world then paid over the same ``h`` steps, discounted the same way:
+    ``sum_{k < min(h, T - step)} discount**k * r_true(s[step + k + 1])``, where ``s[t]`` is the episode's real
+    state after ``t`` steps and ``T`` its length (cut at the episode's end: no absorbing tail, unlike the oracle
+    model's imagination). ``r_true`` is ``run_closed_loop``'s ``true_reward`` (e.g. the planner's reward spec
+    on the true concepts, :func:`true_step_reward`), or the world's own step reward without one. The policy
+    keeps re-planning, so this is the return of the closed loop, not of the single plan."""
     predicted_cost: np.ndarray
     elite_spread: np.ndarray
     latency_ms: np.ndarray
@@ -228,30 +239,62 @@ class EpisodeLog:
         return int(self.true_return.shape[0])
 
 
+TrueReward = Callable[[Mapping[str, np.ndarray]], np.ndarray]
+"""``true_reward(concepts {name: [n]}) -> [n]``: the true reward of every env's current state, from the
+world's true concept values (``world.concepts()``)."""
+
+
+def true_step_reward(spec: RewardSpec, schema: ConceptSchema) -> TrueReward:
+    """The :data:`TrueReward` of a reward spec: ``spec`` evaluated on the true concepts (evaluation only)."""
+    spec.check(schema)
+
+    def reward(concepts: Mapping[str, np.ndarray]) -> np.ndarray:
+        return spec.true_reward(schema, concepts).reward.detach().cpu().numpy().astype(np.float64)
+
+    return reward
+
+
+def _check_reward(r: np.ndarray, n: int) -> np.ndarray:
+    r = np.asarray(r, dtype=np.float64)
+    if r.shape != (n,):
+        raise ValueError(f"true_reward must return one reward per env, shape ({n},), got {r.shape}")
+    return r
+
+
+def _realised(rewards: Sequence[float], horizon: int, discount: float) -> float:
+    """``sum_k discount**k * rewards[k]`` over the first ``horizon`` entries (fewer at an episode's end)."""
+    r = np.asarray(rewards[:horizon], dtype=np.float64)
+    return float((r * discount ** np.arange(r.size)).sum())
+
+
 def run_closed_loop(world: VectorWorld, policy: Policy, episodes: int, *, seed: int = 0,
-                    progress: bool = False) -> EpisodeLog:
+                    true_reward: TrueReward | None = None, progress: bool = False) -> EpisodeLog:
     """Run ``policy`` in ``world`` until ``episodes`` episodes have finished (see the module docstring).
 
     ``world.reset(seed=seed)`` starts the run, so two policies run with one seed see the same stream of
-    layouts (assigned to episodes in the order envs finish, so pairing is approximate).
+    layouts (assigned to episodes in the order envs finish, so pairing is approximate). ``true_reward``
+    (e.g. :func:`true_step_reward` of the planner's spec) is the per-step reward ``Decisions.realised_return``
+    sums; without it, the world's own reward.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     n = world.num_envs
     ret, succ, viol, steps, trunc, ms = (np.zeros(episodes) for _ in range(6))
     env_of = np.full(episodes, -1, dtype=np.int64)
-    dec: dict[str, list] = {k: [] for k in Decisions.__dataclass_fields__}
+    dec: dict[str, list] = {k: [] for k in Decisions.__dataclass_fields__ if k != "realised_return"}
+    plans: list[tuple[int, float]] = []                       # (horizon, discount) of each decision
+    paid: list[list[float]] = [[] for _ in range(episodes)]  # true reward of every step of every episode
     vis_ep, vis_step, truth, readings = [], [], {}, {}
     ep = np.full(n, -1, dtype=np.int64)                      # episode each env is running (-1: idle)
     ep[: min(n, episodes)] = np.arange(min(n, episodes))
     env_of[ep[ep >= 0]] = np.flatnonzero(ep >= 0)
     next_ep, t = min(n, episodes), np.zeros(n, dtype=np.int64)
 
-    def record(mask: np.ndarray) -> None:
+    def record(mask: np.ndarray, concepts: Mapping[str, np.ndarray]) -> None:
         if not mask.any():
             return
         vis_ep.append(ep[mask]), vis_step.append(t[mask])
-        for k, v in world.concepts().items():
+        for k, v in concepts.items():
             truth.setdefault(k, []).append(np.asarray(v)[mask])
         for k, v in policy.read().items():
             readings.setdefault(k, []).append(np.asarray(v)[mask])
@@ -260,7 +303,7 @@ def run_closed_loop(world: VectorWorld, policy: Policy, episodes: int, *, seed: 
     active = ep >= 0
     tic = time.perf_counter()
     policy.start(world, obs, np.ones(n, dtype=bool))
-    record(active)
+    record(active, world.concepts())
     spent = (time.perf_counter() - tic) * 1e3
     bar = tqdm(total=episodes, disable=not progress, desc=f"closed loop ({policy.name})", unit="episode")
     while active.any():
@@ -272,8 +315,13 @@ def run_closed_loop(world: VectorWorld, policy: Policy, episodes: int, *, seed: 
                          ("predicted_cost", info.predicted_cost), ("elite_spread", info.elite_spread),
                          ("latency_ms", info.latency_ms), ("vetoed", info.vetoed)):
                 dec[k].append(v)
+            plans.append((info.horizon, info.discount))
         res = world.step(out.actions)
+        concepts = world.concepts()                          # of the states just reached (before any reset)
+        paid_now = res.reward if true_reward is None else _check_reward(true_reward(concepts), n)
         idx = ep[active]
+        for i in np.flatnonzero(active):
+            paid[ep[i]].append(float(paid_now[i]))
         ret[idx] += res.reward[active]
         viol[idx] += res.violation[active]
         succ[idx] = np.maximum(succ[idx], res.success[active])
@@ -283,7 +331,7 @@ def run_closed_loop(world: VectorWorld, policy: Policy, episodes: int, *, seed: 
         tic = time.perf_counter()
         policy.update(world, res.obs, out.actions, active)
         spent = (time.perf_counter() - tic) * 1e3
-        record(active)
+        record(active, concepts)
         done = active & (res.terminated | res.truncated)
         trunc[ep[done]] = res.truncated[done]
         if done.any():
@@ -300,14 +348,16 @@ def run_closed_loop(world: VectorWorld, policy: Policy, episodes: int, *, seed: 
             tic = time.perf_counter()
             policy.start(world, obs, started)
             spent += (time.perf_counter() - tic) * 1e3
-            record(started)
+            record(started, world.concepts())
         else:
             obs = res.obs
         active = ep >= 0
     bar.close()
     cat = lambda parts, dtype=None: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
+    realised = [_realised(paid[e][t_:], h, g) for e, t_, (h, g) in zip(dec["episode"], dec["step"], plans)]
     decisions = Decisions(**{k: np.asarray(v, dtype=bool if k == "vetoed" else np.int64 if k in ("episode", "step")
-                                           else np.float64) for k, v in dec.items()})
+                                           else np.float64) for k, v in dec.items()},
+                          realised_return=np.asarray(realised, dtype=np.float64))
     visited = Visited(cat(vis_ep, np.int64), cat(vis_step, np.int64), {k: cat(v) for k, v in truth.items()},
                       {k: cat(v) for k, v in readings.items()})
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -57,10 +57,12 @@ def colored_noise(beta: float, n: int, horizon: int, dim: int, *, generator: tor
 class ICEM(Planner):
     """iCEM for continuous actions (see the module docstring).
 
-    ``last_elites`` (``[k h a]``) holds the final elites of the last decision, for inspection.
+    ``last_elites`` (``[k h a]``) holds the final elites of the last decision, for inspection. The kept
+    elites (``_kept [m h a]``) are part of the warm start: :meth:`warm_state` returns them with ``last_plan``.
     """
 
     discrete_only = False
+    warm_attributes = ("last_plan", "_kept")
 
     def __init__(self, model: DynamicsModel, reward_fn: RewardFn, horizon: int, *, num_samples: int = 500,
                  num_elites: int = 50, iterations: int = 4, beta: float = 2.0, decay: float = 1.25,

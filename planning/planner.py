@@ -4,7 +4,9 @@ A planner is an optimiser over action sequences ``[h *act]``: given one latent s
 many sequences with the dynamics model, scores them with any :data:`~planning.types.RewardFn`, and
 returns the first action of the sequence it settles on. Receding horizon: ``plan`` is called again
 at every real step; the rest of the previous plan, shifted by one step, warm-starts the next call.
-``reset()`` forgets it (call it at each new episode).
+``reset()`` forgets it (call it at each new episode). One planner serving several envs keeps each env's
+warm start apart with ``warm_state()`` / ``load_warm_state(...)`` (everything that carries over from one
+decision to the next: the previous plan, and e.g. iCEM's kept elites).
 
 Subclasses implement ``_optimise(state, warm, generator) -> Optimised``; this base class handles the
 warm start, seeding, device and dtype (taken from the state), timing, and the final imagined score of
@@ -17,7 +19,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
@@ -43,6 +45,10 @@ class PlanInfo:
     """Wall time of the decision in milliseconds (optimisation and final scoring)."""
     samples: int
     """Action sequences imagined for this decision (the final scoring excluded)."""
+    horizon: int
+    """Steps the predicted return sums over (the planner's ``horizon``)."""
+    discount: float
+    """Discount of the predicted return: ``sum_t discount**t * reward[t]``, ``t = 0 .. horizon - 1``."""
     vetoed: bool = False
     """Set by :class:`~planning.shield.Shield` when the planner's first action was replaced."""
 
@@ -71,6 +77,9 @@ class Planner(ABC):
 
     discrete_only: bool | None = None
     """``True``: needs discrete actions; ``False``: needs continuous actions; ``None``: either."""
+    warm_attributes: tuple[str, ...] = ("last_plan",)
+    """The attributes that carry over from one decision to the next (see :meth:`warm_state`); a subclass
+    with more warm-start memory lists it here, and :meth:`reset` must set every one to ``None``."""
 
     def __init__(self, model: DynamicsModel, reward_fn: RewardFn, horizon: int, *, discount: float = 1.0,
                  cost_limit: float = 0.0, low: float = -1.0, high: float = 1.0,
@@ -101,6 +110,23 @@ class Planner(ABC):
         """Forget the warm start (call at the start of every episode)."""
         self.last_plan = None
 
+    def warm_state(self) -> dict[str, Tensor | None]:
+        """Everything the next decision is warm-started from: ``{attribute: tensor or None}`` for each of
+        :attr:`warm_attributes` (``last_plan [h *act]``; iCEM adds its kept elites). Hold one per env and
+        give it back with :meth:`load_warm_state` before that env's next decision."""
+        return {name: getattr(self, name) for name in self.warm_attributes}
+
+    def load_warm_state(self, warm: Mapping[str, Tensor | None] | None) -> None:
+        """Restore a :meth:`warm_state` (``None``: a fresh episode, as :meth:`reset`)."""
+        if warm is None:
+            self.reset()
+            return
+        if set(warm) != set(self.warm_attributes):
+            raise ValueError(f"{type(self).__name__} warm state needs keys {sorted(self.warm_attributes)}, got "
+                             f"{sorted(warm)}; pass what this planner's warm_state() returned")
+        for name in self.warm_attributes:
+            setattr(self, name, warm[name])
+
     def plan(self, state: LatentState) -> tuple[Tensor, PlanInfo]:
         """Optimise from ``state[1 ...]`` and return ``(first action [*act], PlanInfo)``.
 
@@ -121,7 +147,7 @@ class Planner(ABC):
         info = PlanInfo(predicted_return=predicted_return, predicted_cost=predicted_cost,
                         feasible=predicted_cost <= self.cost_limit,
                         elite_spread=elite_spread(out.elite_returns), latency_ms=1e3 * (time.perf_counter() - start),
-                        samples=out.samples)
+                        samples=out.samples, horizon=self.horizon, discount=self.discount)
         return out.plan[0], info
 
     def score(self, state: LatentState, actions: Tensor) -> Scores:

@@ -63,6 +63,13 @@ class Shield:
     def reset(self) -> None:
         self.planner.reset()
 
+    def warm_state(self) -> dict[str, Tensor | None]:
+        """The wrapped planner's :meth:`~planning.planner.Planner.warm_state` (a veto rewrites its first step)."""
+        return self.planner.warm_state()
+
+    def load_warm_state(self, warm) -> None:
+        self.planner.load_warm_state(warm)
+
     def plan(self, state: LatentState) -> tuple[Tensor, PlanInfo]:
         """The planner's first action unless vetoed, else the safest candidate; ``PlanInfo.vetoed`` says which."""
         action, info = self.planner.plan(state)

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
+import torch
 from torch import Tensor
 
 from dynamics.base import LatentState
-from rewards import CompiledReward, ConceptSource
+from rewards import CompiledReward, ConceptSource, RewardOutput
 
 
 class StepRewards(Protocol):
@@ -50,10 +51,18 @@ def concept_reward(compiled: CompiledReward, read: ConceptReader) -> RewardFn:
     """The :data:`RewardFn` of a compiled reward spec whose concepts are read off imagined states by ``read``.
 
     ``read`` is called once per batch with the ``[n h ...]`` states; the compiled reward then
-    resolves exactly the concepts it uses, in the states' dtype.
+    resolves exactly the concepts it uses, in the states' dtype. A spec that reads no concept at all
+    (a constant such as ``-0.01``) takes its batch shape ``[n h]`` from the states' leading dims
+    (``feat[n h d]``, the same as ``actions[n h]``) and the states' device and float dtype.
     """
 
     def reward_fn(states: LatentState, actions: Tensor) -> StepRewards:
-        return compiled(read(states))
+        if compiled.uses:
+            return compiled(read(states))
+        feat = states.feat
+        dtype = feat.dtype if feat.is_floating_point() else torch.get_default_dtype()
+        out = compiled(read(states), dtype=dtype, batch_shape=feat.shape[:-1])
+        move = lambda t: t.to(feat.device)  # noqa: E731  (a constant is built on the CPU)
+        return RewardOutput(move(out.reward), move(out.cost), {k: move(v) for k, v in out.costs.items()})
 
     return reward_fn

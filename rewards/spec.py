@@ -3,8 +3,8 @@
 ::
 
     spec = RewardSpec("at_goal - 10 * in_lava - 0.01", constraints=("never in_lava", "p(in_lava) < 0.05"))
-    spec.check(world.concepts())                     # RewardError on unknown names or ill-typed terms
-    compiled = spec.compile(world.concepts())        # batched torch function
+    spec.check(world.schema)                         # RewardError on unknown names or ill-typed terms
+    compiled = spec.compile(world.schema)            # batched torch function
     out = compiled(ontology_resolver)                # RewardOutput(reward [*b], cost [*b], costs)
 
 The language is documented in :mod:`rewards.parser` (grammar), :mod:`rewards.check` (types) and
@@ -14,7 +14,7 @@ The language is documented in :mod:`rewards.parser` (grammar), :mod:`rewards.che
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -46,12 +46,15 @@ class RewardSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.reward, str):
             raise RewardError(f"reward must be a string expression, got {type(self.reward).__name__}")
-        if isinstance(self.constraints, str) or not all(isinstance(c, str) for c in self.constraints):
-            raise RewardError(f"constraints must be a list of strings, got {self.constraints!r}",
-                              hint='e.g. constraints=("never in_lava",)')
+        given = self.constraints
+        items = tuple(given) if isinstance(given, Iterable) and not isinstance(given, (str, bytes, Mapping)) else None
+        if items is None or not all(isinstance(c, str) for c in items):
+            got = type(given).__name__ if items is None else repr(given)
+            raise RewardError(f"constraints must be a list of strings, got {got}",
+                              hint='e.g. constraints=("never in_lava",), or () for none')
         if not isinstance(self.name, str):
             raise RewardError(f"name must be a string, got {type(self.name).__name__}")
-        object.__setattr__(self, "constraints", tuple(self.constraints))
+        object.__setattr__(self, "constraints", items)
         repeated = sorted({c for c in self.constraints if self.constraints.count(c) > 1})
         if repeated:
             raise RewardError(f"constraints must be distinct, repeated: {repeated}")
@@ -132,6 +135,14 @@ class RewardSpec:
                     dtype: torch.dtype = torch.float64) -> RewardOutput:
         """Reward and costs on TRUE concept values ``{name: [*b]}`` (evaluation only; numpy or torch).
 
-        ``p(x)`` on a true value is its indicator; only the concepts the spec reads must be present.
+        ``p(x)`` on a true value is its indicator; only the concepts the spec reads must be present. A spec
+        that reads no concept (a constant, e.g. ``-0.01``) takes its batch shape from the values given.
         """
-        return self.compile(schema)(truth_resolver(schema, values), dtype=dtype)
+        compiled = self.compile(schema)
+        batch_shape = None
+        if not compiled.uses:
+            if not values:
+                raise RewardError("a reward that reads no concept needs at least one true concept value to take "
+                                  "its batch shape from", hint="pass e.g. world.concepts()")
+            batch_shape = tuple(np.shape(next(iter(values.values()))))
+        return compiled(truth_resolver(schema, values), dtype=dtype, batch_shape=batch_shape)

@@ -181,6 +181,9 @@ def plan_inputs(args: list[str]) -> tuple[RunConfig, Path, Path, Path]:
     ckpt = checkpoint_of(dynamics)
     if not ckpt.is_file():
         where = "checkpoint=" if "checkpoint" in paths else f"run={run}: "
+        if dynamics.suffix == ".ckpt" and not dynamics.is_dir():
+            raise ConfigError(f"{where}{dynamics}: no such checkpoint file; give an existing .ckpt file or a folder "
+                              "made by `ontolab train`")
         raise ConfigError(f"{where}{dynamics} holds no dynamics checkpoint ({ckpt} missing); give a .ckpt file "
                           "or a folder made by `ontolab train`")
     if not probes.is_dir() or not ((probes / "ontology.json").is_file() or (probes / "ontology" / "ontology.json").is_file()):
@@ -246,6 +249,9 @@ def cmd_plan(args: list[str]) -> int:
     from experiments.stages.plan import run_plan
 
     metrics = run_plan(cfg, ckpt, probes, out)
+    from experiments.plots import plot_planning, run_plot_jobs
+
+    plot = run_plot_jobs({"planning": lambda path: plot_planning(metrics["rows"], path)}, out)["planning"]
     for r in metrics["rows"]:
         def fmt(e):
             return "n/a" if e is None or e["estimate"] is None else f"{e['estimate']:.3g} [{e['ci_low']:.3g}, {e['ci_high']:.3g}]"
@@ -253,6 +259,7 @@ def cmd_plan(args: list[str]) -> int:
               f"violations {fmt(r['violation_rate'])}  return {fmt(r['mean_true_return'])}")
     print(f"episodes.csv, decisions.csv and metrics.json in {out}"
           + (" (with overoptimisation.json/.png)" if "overoptimisation" in metrics else ""))
+    print(f"success/violation plot: {plot.name}" if isinstance(plot, Path) else f"no success/violation plot: {plot}")
     return 0
 
 

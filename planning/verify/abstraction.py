@@ -217,18 +217,17 @@ class PlannerPolicy:
 
     def __init__(self, planner, name: str = "planner"):
         self.planner, self.name = planner, name
-        self._inner = getattr(planner, "planner", planner)      # a Shield keeps the warm start in its planner
-        self._plans: list[Tensor | None] = []
+        self._warm: list[dict[str, Tensor | None] | None] = []   # per rollout (Planner.warm_state); None: fresh
 
     def reset(self, n: int) -> None:
-        self._plans = [None] * n
+        self._warm = [None] * n
 
     def __call__(self, state: LatentState, active: Tensor, generator: torch.Generator) -> Tensor:
         out = None
         for i in torch.nonzero(active).flatten().tolist():
-            self._inner.last_plan = self._plans[i]
+            self.planner.load_warm_state(self._warm[i])
             a, _ = self.planner.plan(state.at(slice(i, i + 1)))
-            self._plans[i] = self._inner.last_plan
+            self._warm[i] = self.planner.warm_state()
             if out is None:
                 out = a.new_zeros((active.shape[0], *a.shape))
             out[i] = a

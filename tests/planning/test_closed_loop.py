@@ -9,9 +9,10 @@ from scipy.stats import binomtest
 
 from dynamics import build_model
 from planning import concept_reward, make_planner, oracle_model
-from planning.closed_loop import (LatentFilter, ModelPlannerPolicy, OraclePolicy, RandomPolicy,
-                                  TrueStatePlannerPolicy, run_closed_loop)
+from planning.closed_loop import (LatentFilter, ModelPlannerPolicy, OraclePolicy, PolicyStep, RandomPolicy,
+                                  TrueStatePlannerPolicy, run_closed_loop, true_step_reward)
 from planning.evaluation import rate, summarize, visited_accuracy
+from planning.planner import PlanInfo
 from probes import LinearProbe, Normalizer, Ontology, OntologyEntry
 from rewards import RewardSpec
 from worlds import make_world
@@ -189,3 +190,73 @@ def test_finite_context_uses_the_exact_refilter():
     assert LatentFilter(model, 2).incremental and not LatentFilter(model, 2, context=3).incremental
     with pytest.raises(ValueError, match="context=3 needs the exact re-filter"):
         LatentFilter(model, 2, context=3, incremental=True)
+
+
+class ScriptedPlanner(OraclePolicy):
+    """The oracle's actions, each logged as the decision of a planner with horizon 3 and discount 0.9."""
+
+    name = "scripted"
+
+    def act(self, world, obs, mask):
+        info = PlanInfo(predicted_return=0.0, predicted_cost=0.0, feasible=True, elite_spread=0.0, latency_ms=0.0,
+                        samples=1, horizon=3, discount=0.9)
+        return PolicyStep(world.oracle_actions(), {int(i): info for i in np.flatnonzero(mask)})
+
+
+def test_realised_return_sums_the_next_horizon_true_rewards_discounted_and_cut_at_the_end():
+    # the oracle's 6 steps round the lava: world rewards -0.01 x 5, then +1 at the goal;
+    # the spec's true reward of the states reached: -0.1 * steps_to_goal = -0.5, -0.4, ..., -0.1, 0
+    by_world = run_closed_loop(tiny_world(2), ScriptedPlanner(), 2, seed=0)
+    by_spec = run_closed_loop(tiny_world(2), ScriptedPlanner(), 2, seed=0,
+                              true_reward=true_step_reward(REWARD, tiny_world(1).schema))
+    world_ref = [-0.0271, -0.0271, -0.0271, -0.01 - 0.009 + 0.81, -0.01 + 0.9, 1.0]     # sum_k 0.9**k r[t + k], k < 3
+    spec_ref = [-0.5 - 0.36 - 0.243, -0.4 - 0.27 - 0.162, -0.3 - 0.18 - 0.081, -0.2 - 0.09, -0.1, 0.0]
+    for log, ref in ((by_world, world_ref), (by_spec, spec_ref)):
+        d = log.decisions
+        assert (log.steps == 6).all() and len(d.step) == 12
+        for e in range(2):
+            order = np.argsort(d.step[d.episode == e])
+            np.testing.assert_allclose(d.realised_return[d.episode == e][order], ref, atol=1e-12)
+    with pytest.raises(ValueError, match=r"true_reward must return one reward per env, shape \(2,\)"):
+        run_closed_loop(tiny_world(2), ScriptedPlanner(), 2, true_reward=lambda c: np.zeros(3))
+
+
+def test_on_the_oracle_the_realised_return_of_the_optimal_path_is_the_predicted_one():
+    world = tiny_world()
+    oracle = oracle_model(world)
+    planner = make_planner("exhaustive", oracle, oracle.true_reward(REWARD), 4, seed=0)
+    log = run_closed_loop(world, TrueStatePlannerPolicy(oracle, planner, world.num_envs), 4, seed=0,
+                          true_reward=true_step_reward(REWARD, world.schema))
+    assert (log.steps == 6).all() and log.success.all()                # the shortest path, every time
+    # the plan is followed and the goal's reward is 0: the real states pay what the oracle imagined
+    np.testing.assert_allclose(log.decisions.realised_return, log.decisions.predicted_return, atol=1e-6)
+
+
+CONSTANT = RewardSpec("-0.01")
+
+
+def constant_reward_checks(log, horizon: int) -> None:
+    d = log.decisions
+    assert len(d.step) == log.steps.sum() > 0
+    np.testing.assert_allclose(d.predicted_return, -0.01 * horizon, rtol=1e-6)
+    remaining = log.steps[d.episode] - d.step                         # real steps left after each decision
+    np.testing.assert_allclose(d.realised_return, -0.01 * np.minimum(horizon, remaining), rtol=1e-9)
+
+
+def test_a_constant_reward_plans_on_the_oracle_and_on_the_latent_path():
+    world = tiny_world(num_envs=2, max_steps=4)
+    oracle = oracle_model(world)
+    planner = make_planner("discrete_cem", oracle, oracle.true_reward(CONSTANT), 3, num_samples=8, num_elites=2,
+                           iterations=1, seed=0)
+    log = run_closed_loop(world, TrueStatePlannerPolicy(oracle, planner, 2), 2, seed=0,
+                          true_reward=true_step_reward(CONSTANT, world.schema))
+    constant_reward_checks(log, 3)
+    model = tiny_model(world)
+    ontology = synthetic_ontology(world.schema, ("in_lava",), 16)
+    reward_fn = concept_reward(CONSTANT.compile(world.schema), ontology.resolver)
+    out = reward_fn(model.imagine(model.initial(5), torch.zeros(5, 3, dtype=torch.long)), torch.zeros(5, 3))
+    assert out.reward.shape == out.cost.shape == (5, 3) and out.reward.dtype == torch.float32
+    planner = make_planner("discrete_cem", model, reward_fn, 3, num_samples=8, num_elites=2, iterations=1, seed=0)
+    log = run_closed_loop(world, ModelPlannerPolicy(model, planner, 2), 2, seed=0,
+                          true_reward=true_step_reward(CONSTANT, world.schema))
+    constant_reward_checks(log, 3)

@@ -134,11 +134,38 @@ def test_planning_on_the_oracle_solves_lavakeydoor(name):
     assert rate >= 0.8 and lava == 0
 
 
-def test_cem_on_the_pointmass_oracle_reaches_the_goal():
+def expert_steps(episodes: int) -> float:
+    """Mean episode length of the world's shortest-path expert on the layouts :func:`run_lavakeydoor` uses."""
+    world, steps = LavaKeyDoor(1, seed=0), []
+    for ep in range(episodes):
+        world.reset(seed=100 + ep)
+        for t in range(world.params.time_limit):
+            res = world.step(world.oracle_actions())
+            if res.terminated[0] or res.truncated[0]:
+                break
+        assert res.success[0]
+        steps.append(t + 1)
+    return float(np.mean(steps))
+
+
+def test_exhaustive_search_on_the_oracle_walks_the_shortest_paths():
+    # -0.1 * steps_to_goal falls by 0.1 per step along a shortest path (key, door, goal), so the exact
+    # optimum of even a 3-step horizon is a shortest path: exhaustive search must match the BFS expert
+    rate, lava, steps = run_lavakeydoor("exhaustive", episodes=20, horizon=3)
+    assert rate == 1.0 and lava == 0 and steps == expert_steps(20)
+
+
+CONTINUOUS = {"cem": dict(num_samples=128, num_elites=16, iterations=3),
+              "icem": dict(num_samples=128, num_elites=16, iterations=3),
+              "mppi": dict(num_samples=128, iterations=3)}
+
+
+@pytest.mark.parametrize("name", sorted(CONTINUOUS))
+def test_continuous_planners_on_the_pointmass_oracle_reach_the_goal(name):
     world = PointMass(1, seed=0)
     oracle = oracle_model(world)
     reward_fn = oracle.true_reward(RewardSpec("-dist_to_goal - 10 * in_hazard", constraints=("never in_hazard",)))
-    planner = make_planner("cem", oracle, reward_fn, 15, num_samples=128, num_elites=16, iterations=3, seed=0)
+    planner = make_planner(name, oracle, reward_fn, 15, seed=0, **CONTINUOUS[name])
     outcomes = []
     for ep in range(3):
         world.reset(seed=200 + ep)

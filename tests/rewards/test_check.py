@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
 from rewards.ast import ConceptUse
 from rewards.check import check_constraint, check_expression
@@ -141,3 +143,25 @@ def test_spec_from_dict_round_trip_and_validation():
         with pytest.raises(RewardError) as info:
             RewardSpec.from_dict(bad)  # type: ignore[arg-type]
         assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("bad, got", [(None, "got NoneType"), (5, "got int"), ({"never in_lava": 1}, "got dict"),
+                                      (["never in_lava", 2], "got ['never in_lava', 2]")])
+def test_spec_refuses_constraints_that_are_not_a_list_of_strings(bad, got):
+    with pytest.raises(RewardError) as info:
+        RewardSpec("at_goal", constraints=bad)
+    msg = str(info.value)
+    assert msg.startswith("constraints must be a list of strings, ") and got in msg and "\n" not in msg
+    assert 'e.g. constraints=("never in_lava",)' in msg
+    assert RewardSpec("at_goal", constraints=(c for c in ["never in_lava"])).constraints == ("never in_lava",)
+
+
+def test_true_reward_of_a_constant_spec_takes_the_batch_shape_of_the_values():
+    values = {"in_lava": np.array([0, 1, 0]), "at_goal": np.array([0, 0, 1])}
+    out = RewardSpec("-0.01").true_reward(SCHEMA, values)
+    assert out.reward.shape == (3,) and out.reward.dtype == torch.float64
+    assert out.reward.tolist() == [-0.01] * 3 and out.cost.tolist() == [0.0] * 3
+    with_constraint = RewardSpec("-0.01", constraints=("never in_lava",)).true_reward(SCHEMA, values)
+    assert with_constraint.reward.tolist() == [-0.01] * 3 and with_constraint.cost.tolist() == [0.0, 1.0, 0.0]
+    with pytest.raises(RewardError, match="reads no concept needs at least one true concept value"):
+        RewardSpec("-0.01").true_reward(SCHEMA, {})
