@@ -218,7 +218,7 @@ def planning_summary(stages: dict[str, StageResult]) -> dict[str, Any]:
         return {"planning": [], "planning_details": {"skipped_stage": "the planning stage did not run"}}
     m = json.loads(path.read_text())
     details = {k: m[k] for k in ("reward", "episodes", "shift", "quality_bar", "skipped", "skipped_stage",
-                                         "overoptimisation") if k in m}
+                                         "overoptimisation", "reward_eval") if k in m}
     return {"planning": m.get("rows", []), "planning_details": details}
 
 

@@ -191,8 +191,11 @@ def probe_leaderboard(summary: dict[str, Any]) -> list[dict[str, Any]]:
                       "test": get(method, site), "ood": get(method, site, "ood"),
                       "imagined_k5": get(method, site, "imagined_k5"),
                       "selectivity": get(method, site, metric="selectivity"),
-                      "prior": get("prior", None), "random_model": get("random_model", site),
-                      "observation": get("observation", None), "history": get("history", None)})
+                      "prior": get("prior", None),
+                      # the same probe as the chosen one (probes.harness.baseline_name); older runs: linear only
+                      "random_model": get(f"random_model:{method}", site) or get("random_model", site),
+                      "observation": get(f"observation:{method}", None) or get("observation", None),
+                      "history": get("history", None)})
     return board
 
 
@@ -294,8 +297,8 @@ def where_when_section(summary: dict[str, Any], plot: Any = None, base: Path | N
                            table), ""]
 
 
-CHECK_METRICS = ("state_consistency", "causal_sufficiency", "causal_sufficiency_null", "causal_necessity",
-                 "causal_necessity_null")
+CHECK_METRICS = ("state_consistency", "causal_sufficiency", "causal_sufficiency_null", "causal_sufficiency_probe",
+                 "causal_sufficiency_probe_null", "causal_necessity", "causal_necessity_null")
 
 
 def model_checks_section(summary: dict[str, Any]) -> list[str]:
@@ -308,10 +311,14 @@ def model_checks_section(summary: dict[str, Any]) -> list[str]:
     return ["### Model-based checks of the chosen probes",
             "*State consistency*: agreement of the probe's readings across different histories that reach the "
             "same true state. *Causal sufficiency*: how often editing the latent along the probe direction makes "
-            "the imagined future change as the concept says, vs a random edit of the same norm (null). *Causal "
+            "the imagined future change as the concept says, vs a random edit of the same norm (null), judged on the "
+            "decoded future where the world has a scenario. *Probe-judged sufficiency* (the other class concepts): a "
+            "weaker check -- after the edit and 5 imagined steps the *same probe* still reads the flipped class (an "
+            "edit that only fools the probe also passes). *Causal "
             "necessity*: the rise of the model's prediction loss when LEACE erases the concept, vs a random "
             "subspace of the same rank (null). 95% bootstrap CIs over episodes.", "",
-            _table(["concept", "state consistency", "sufficiency", "sufficiency (null)", "necessity: loss rise",
+            _table(["concept", "state consistency", "sufficiency", "sufficiency (null)", "probe-judged sufficiency",
+                    "probe-judged (null)", "necessity: loss rise",
                     "necessity (null)"],
                    [[c, *(_ci(by.get((c, m))) for m in CHECK_METRICS)] for c in concepts]), ""]
 
@@ -350,10 +357,33 @@ def planning_section(summary: dict[str, Any]) -> list[str]:
                   _table(["policy", "probe method", "concept", "metric", "visited states", "dataset (test)"],
                          [[s["planner"] + (f" ({s['model']})" if s["model"] else ""), s["probe_method"] or s["method"],
                            s["concept"], s["metric"], _ci(s["visited"]), _ci(s["dataset_test"])] for s in shift])]
+    parts += reward_eval_section(details.get("reward_eval") or {})
     skipped = details.get("skipped") or {}
     if skipped:
         parts += ["", *[f"- skipped {k}: {why}" for k, why in skipped.items()]]
     return parts + [""]
+
+
+def reward_eval_section(doc: dict[str, Any]) -> list[str]:
+    """Latent vs true reward on held-out posterior latents (``planning/metrics.json`` ``reward_eval``)."""
+    evals = doc.get("evaluations") or []
+    if not evals:
+        return []
+    other = " The cached latents' model fingerprint is not the planning checkpoint's." if doc.get("same_model") is False else ""
+    parts = ["", f"Reward evaluation on the held-out ({doc.get('split')}) episodes' posterior latents: the latent reward "
+             "(probes) vs the true reward per step, for the total and each term (error = latent - true), and each "
+             f"constraint's per-step violation as the probes read it vs the truth; 95% bootstrap CIs over episodes.{other} "
+             "All numbers: `planning/reward_eval.csv`.", "",
+             _table(["ontology", "term", "MAE", "RMSE", "bias", "Pearson", "Spearman"],
+                    [[e["ontology"] + f" ({e['probe_method']})", t["label"], _ci(t["mae"]), _ci(t["rmse"]), _ci(t["bias"]),
+                      *((_ci(e["pearson"]), _ci(e["spearman"])) if t is e["total"] else ("", ""))]
+                     for e in evals for t in (e["total"], *e["terms"])])]
+    cons = [(e, c) for e in evals for c in e["constraints"]]
+    if cons:
+        parts += ["", _table(["ontology", "constraint", "TP", "FP", "FN", "TN", "precision", "recall", "false alarms"],
+                             [[e["ontology"], f"`{c['constraint']}`", c["tp"], c["fp"], c["fn"], c["tn"], _ci(c["precision"]),
+                               _ci(c["recall"]), _ci(c["false_alarm_rate"])] for e, c in cons])]
+    return parts
 
 
 def overoptimisation_section(summary: dict[str, Any]) -> list[str]:

@@ -8,6 +8,8 @@ reading latent states (what planners optimise) or the true concept values (evalu
 from rewards.ast import ConceptUse, render
 from rewards.compile import CompiledReward, ConceptSource, Resolver, RewardOutput, truth_resolver
 from rewards.errors import RewardError
+from rewards.evaluation import (ConstraintConfusion, RewardEvaluation, RewardTerm, TermError, evaluate_on_store,
+                                evaluate_reward, ontology_source, reward_terms)
 from rewards.parser import parse_constraint, parse_expression
 from rewards.spec import RewardSpec
 
@@ -15,12 +17,20 @@ __all__ = [
     "CompiledReward",
     "ConceptSource",
     "ConceptUse",
+    "ConstraintConfusion",
     "Resolver",
     "RewardError",
+    "RewardEvaluation",
     "RewardOutput",
     "RewardSpec",
+    "RewardTerm",
+    "TermError",
+    "evaluate_on_store",
+    "evaluate_reward",
+    "ontology_source",
     "parse_constraint",
     "parse_expression",
     "render",
+    "reward_terms",
     "truth_resolver",
 ]

@@ -41,20 +41,28 @@ violates in 30% of draws gets risk 0 under some tail with probability 1 - (1 - 0
 tails x 4 samples (on the quickstart: 0 vetoes in 4800 decisions, 11/20 lava episodes unchanged).
 
 Writes ``episodes.csv`` (one row per episode), ``decisions.csv`` (one row per planning decision:
-predicted return, elite spread, latency) and ``metrics.json``: ``rows`` (per planner x model x reward
-x probe method: success_rate, violation_rate, mean_true_return, mean_steps, ms_per_step, each
+predicted return, realised return -- the reward spec on the true concepts of the next ``plan.horizon`` real
+states, discounted like the predicted one, cut at the episode's end (:class:`planning.Decisions`) --, elite
+spread, latency) and ``metrics.json``: ``rows`` (per planner x model x reward x probe method:
+success_rate, violation_rate, mean_true_return, mean_steps, ms_per_step, each
 ``{estimate, ci_low, ci_high}``, 95%), ``shift`` (the probes' accuracy on the states each policy
 visited vs on the dataset's held-out episodes), ``quality_bar`` and ``skipped`` (what did not run, why).
-An empty ``plan.reward`` skips the stage with that reason. With ``plan.overoptimisation=true`` it also
-writes ``overoptimisation.json`` and ``overoptimisation.png`` (:mod:`planning.overoptimisation`: proxy vs
-true return as best-of-n and CEM pressure grow, open loop, for the learned model with the latent reward
-and, as a control, the oracle model with the true reward).
+An empty ``plan.reward`` skips the stage with that reason (``episodes.csv``/``decisions.csv`` then hold
+only their headers). With ``plan.overoptimisation=true`` it also writes ``overoptimisation.json`` and
+``overoptimisation.png`` (:mod:`planning.overoptimisation`: proxy vs true return as best-of-n and CEM
+pressure grow, open loop, for the learned model with the latent reward and, as a control, the oracle
+model with the true reward).
 
 Standalone (:func:`experiments.stages.commands.cmd_plan`): ``ontolab plan [CONFIG] run=RUN_DIR [key=value ...]`` plans with the model
 and probes of a finished run (its ``config.yaml`` is the base config; outputs go to ``RUN_DIR/plan`` unless
 ``out=`` says otherwise), or ``ontolab plan [CONFIG] checkpoint=PATH ontology=PATH out=PATH`` with a
 dynamics checkpoint (a ``.ckpt`` file or a folder holding ``checkpoints/last.ckpt``) and a probes folder
 (holding ``ontology/``) or an ontology folder (holding ``ontology.json``).
+
+Reward evaluation (:mod:`rewards.evaluation`), with the same ontologies: on the held-out (``test``) posterior
+latents the probe stage cached (``probes/latents``), the latent reward vs the true one per step (Pearson,
+Spearman, MAE/RMSE/bias of the total and of each top-level term) and the per-step confusion of every
+constraint, with bootstrap CIs over episodes: ``metrics.json`` ``reward_eval`` and ``reward_eval.csv``.
 """
 
 from __future__ import annotations
@@ -81,7 +89,7 @@ from probes.imagined import SUFFIX as IMAGINED_SUFFIX
 EPISODE_COLUMNS = ("planner", "model", "reward", "probe_method", "episode", "env", "true_return", "success",
                    "violations", "steps", "truncated", "ms_per_step")
 DECISION_COLUMNS = ("planner", "model", "reward", "probe_method", "episode", "step", "predicted_return",
-                    "predicted_cost", "elite_spread", "latency_ms", "vetoed")
+                    "realised_return", "predicted_cost", "elite_spread", "latency_ms", "vetoed")
 
 
 def skip_reason(cfg: RunConfig) -> str | None:
@@ -160,6 +168,42 @@ def _probe_method(spec, ontology) -> str | None:
     return "+".join(methods) or None
 
 
+REWARD_EVAL_COLUMNS = ("ontology", "probe_method", "kind", "item", "metric", "estimate", "ci_low", "ci_high")
+
+
+def reward_evaluations(cfg: RunConfig, spec, model, ontologies, probes_dir: Path) -> tuple[dict[str, Any], list, dict[str, str]]:
+    """Latent vs true reward on the probe stage's held-out posterior latents (``probes_dir/latents``, split
+    ``test``), once per ontology planned with (:func:`rewards.evaluation.evaluate_on_store`).
+
+    Returns ``(header, [(ontology label, probe_method, RewardEvaluation)], {skip key: why})``; ``header`` says
+    where the latents came from and whether their model fingerprint is the planning checkpoint's (it also
+    differs when a newer ontolab adds a hyperparameter: the numbers then describe the probes on the probe
+    stage's model)."""
+    from probes import LatentStore
+    from probes.extract import MANIFEST, model_fingerprint
+    from rewards.evaluation import evaluate_on_store
+    from worlds.errors import OntolabError
+
+    root = probes_dir / "latents"
+    header: dict[str, Any] = {"split": "test", "latents": str(root), "same_model": None, "evaluations": []}
+    if not (root / MANIFEST).is_file():
+        return header, [], {"reward_eval": f"no cached latents at {root} (an ontology folder has none): plan with a "
+                                           f"probes folder (run=RUN_DIR, or ontology=RUN_DIR/probes)"}
+    store = LatentStore.open(root)
+    header["same_model"] = store.key.get("model") == model_fingerprint(model)
+    evals, skipped = [], {}
+    for label, ontology in ontologies:
+        name = label or "chosen"
+        try:
+            ev = evaluate_on_store(spec, ontology, store, split="test", n_boot=cfg.plan.n_boot, seed=cfg.seed,
+                                   device=cfg.plan.device)
+        except OntolabError as e:  # e.g. a concept without a probe, a site the store lacks
+            skipped[f"reward_eval/{name}"] = str(e)
+            continue
+        evals.append((name, label or _probe_method(spec, ontology), ev))
+    return header, evals, skipped
+
+
 def run_plan(cfg: RunConfig, dynamics_dir: Path, probes_dir: Path, out: Path, *, progress: bool = True) -> dict[str, Any]:
     """Run the closed loops of ``cfg.plan`` into ``out``; returns the ``metrics.json`` object.
 
@@ -171,12 +215,13 @@ def run_plan(cfg: RunConfig, dynamics_dir: Path, probes_dir: Path, out: Path, *,
         result = {"skipped_stage": reason, "rows": [], "shift": [], "quality_bar": [], "skipped": {}}
         write_json(result, out / "metrics.json")
         _write_csv(out / "episodes.csv", EPISODE_COLUMNS, [])
+        _write_csv(out / "decisions.csv", DECISION_COLUMNS, [])
         return result
 
     from dynamics.training import load_model
     from planning import Shield, concept_reward, make_planner, oracle_model
     from planning.closed_loop import (LatentFilter, ModelPlannerPolicy, OraclePolicy, RandomPolicy,
-                                      TrueStatePlannerPolicy, run_closed_loop)
+                                      TrueStatePlannerPolicy, run_closed_loop, true_step_reward)
     from rewards import RewardSpec
     from worlds.registry import make_world
 
@@ -203,7 +248,8 @@ def run_plan(cfg: RunConfig, dynamics_dir: Path, probes_dir: Path, out: Path, *,
 
     def run(labels: dict[str, Any], policy, ontology=None) -> None:
         t0 = time.perf_counter()
-        log = run_closed_loop(world, policy, p.episodes, seed=cfg.seed, progress=progress)
+        log = run_closed_loop(world, policy, p.episodes, seed=cfg.seed, progress=progress,
+                              true_reward=true_step_reward(spec, world.schema))
         labels = {**labels, "seconds": round(time.perf_counter() - t0, 2)}
         runs.append((labels, log, ontology))
 
@@ -233,11 +279,16 @@ def run_plan(cfg: RunConfig, dynamics_dir: Path, probes_dir: Path, out: Path, *,
         run({"planner": base, "model": None, "reward": None, "probe_method": None}, policy, main_ontology)
 
     result = _metrics(cfg, world, spec, runs, probes_dir, skipped)
+    reward_eval, evals, why = reward_evaluations(cfg, spec, model, ontologies, probes_dir)
+    result["skipped"].update(why)
+    result["reward_eval"] = {**reward_eval, "evaluations": [{"ontology": o, "probe_method": m, **ev.to_dict()}
+                                                            for o, m, ev in evals]}
     if p.overoptimisation:
         result["overoptimisation"] = _overoptimisation(cfg, model, oracle, spec, main_ontology, imaginable, out)
     write_json(result, out / "metrics.json")
     _write_csv(out / "episodes.csv", EPISODE_COLUMNS, _episode_rows(runs))
     _write_csv(out / "decisions.csv", DECISION_COLUMNS, _decision_rows(runs))
+    _write_csv(out / "reward_eval.csv", REWARD_EVAL_COLUMNS, [[o, m, *r.values()] for o, m, ev in evals for r in ev.rows()])
     return result
 
 
@@ -328,8 +379,8 @@ def _decision_rows(runs) -> list[list[Any]]:
         d = log.decisions
         for j in range(len(d.episode)):
             rows.append(key + [int(d.episode[j]), int(d.step[j]), float(d.predicted_return[j]),
-                               float(d.predicted_cost[j]), float(d.elite_spread[j]), round(float(d.latency_ms[j]), 4),
-                               bool(d.vetoed[j])])
+                               float(d.realised_return[j]), float(d.predicted_cost[j]), float(d.elite_spread[j]),
+                               round(float(d.latency_ms[j]), 4), bool(d.vetoed[j])])
     return rows
 
 
