@@ -9,7 +9,9 @@
     ontolab run [CONFIG] [key=value ...]             the whole pipeline into one run folder
     ontolab quickstart [key=value ...]               ``run`` with the default config
     ontolab sweep [CONFIG] seeds=[0,1] key=[a,b] ... a grid of runs, aggregated over seeds
-    ontolab compare RUN_DIR [RUN_DIR ...] [out=DIR]  compare finished runs (leaderboards, plots)
+    ontolab compare RUN_DIR [RUN_DIR ...] [out=DIR] [wandb.mode=offline|online|disabled] [wandb.project=NAME]
+                                                     compare finished run or probe folders (leaderboards, plots, wandb)
+    ontolab COMMAND --help                           the command's usage (and config keys); also -h
 
 A problem with the user's input (an :class:`~worlds.errors.OntolabError`) is printed as one line
 and the command exits with code 2, without a traceback and before any output is touched. Set
@@ -28,6 +30,9 @@ from experiments.schema import CONFIG_DIR, RunConfig, resolve
 from worlds.errors import OntolabError
 
 EXIT_USAGE = 2
+HELP_FLAGS = ("-h", "--help")
+NO_CONFIG_KEYS = ("worlds", "compare")
+"""Commands that read no config (their ``--help`` lists no config keys)."""
 
 
 def _split_args(rest: list[str]) -> tuple[str | None, list[str]]:
@@ -155,7 +160,8 @@ COMMANDS = {
     "quickstart": (cmd_quickstart, "`run` with the default config at a ~5 minute budget"),
     "sweep": (cmd_sweep, "a grid of runs aggregated over seeds: ontolab sweep [CONFIG] seeds=[0,1,2] dynamics.lr=[0.001,0.003] "
                          "(a list given to a key that takes a list is its value: sweep it as key=[[a],[b]])"),
-    "compare": (cmd_compare, "compare finished runs: ontolab compare RUN_DIR [RUN_DIR ...] [out=DIR]"),
+    "compare": (cmd_compare, "compare finished runs (or `ontolab probe` folders): ontolab compare RUN_DIR [RUN_DIR ...] "
+                             "[out=DIR] [wandb.mode=offline|online|disabled]"),
 }
 
 
@@ -180,6 +186,19 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
+def command_help(name: str) -> str:
+    """``ontolab NAME --help``: the command's lines of this module's docstring, its description and, for a command
+    that reads a config, every config key."""
+    doc = (__doc__ or "").splitlines()
+    start = next((i for i, line in enumerate(doc) if line.strip().startswith(f"ontolab {name} ")), None)
+    usage = [f"ontolab {name} ..."] if start is None else [doc[start]] + [
+        line for line in doc[start + 1:start + 2] if line.startswith(" " * 20) and line.strip()]  # a continued line
+    lines = ["usage:", *usage, "", COMMANDS[name][1]]
+    if name not in NO_CONFIG_KEYS:
+        lines += ["", "config keys (key=value):", *help_lines(RunConfig)]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -187,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.__class__ = _Parser
     try:
         ns = parser.parse_args(argv)
+        if any(a in HELP_FLAGS for a in ns.args):  # before the command reads ``--help`` as a path or a config file
+            print(command_help(ns.command))
+            return 0
         return COMMANDS[ns.command][0](ns.args)
     except (_UsageError, OntolabError) as e:
         if os.environ.get("ONTOLAB_DEBUG"):

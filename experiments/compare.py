@@ -1,13 +1,24 @@
-"""``ontolab compare RUN_DIR [RUN_DIR ...] [out=DIR]``: one comparison of finished runs, rendered to a folder.
+"""``ontolab compare RUN_DIR [RUN_DIR ...] [out=DIR] [wandb.mode=MODE] [wandb.project=NAME]``: one comparison of
+finished runs, rendered to a folder and logged to wandb.
 
-For every run folder (one holding ``summary.json``) the comparison shows, per concept, every probe
+Each folder is a run folder (``ontolab run``: ``summary.json``) or a probe folder (``ontolab probe``:
+``results.csv`` with ``harness.json`` or ``ontology/``; see :mod:`experiments.compare_inputs`, which
+checks every file before anything is written). For every folder the comparison shows, per concept, every probe
 method and baseline at the site the run's ontology chose for that concept, with 95% intervals
 (test, out-of-distribution, imagined k = 5, selectivity), the planning rows, and the plots of
 :mod:`experiments.plots` with one series per run x method. It writes ``DIR/report.md``,
-``DIR/compare.csv`` (every probe row of every run, with a ``run`` column) and ``DIR/plots/*.png``.
+``DIR/compare.csv`` (every probe row of every run, with a ``run`` column), ``DIR/leaderboard.csv`` (the
+leaderboard's rows: run, concept, method, ``chosen``, and estimate / CI of each column) and ``DIR/plots/*.png``.
 Each run's score-by-site-x-training-step heatmap (``probes/by_checkpoint.csv``) is drawn as
 ``DIR/plots/by_checkpoint-<run>.png`` under "Where and when". ``out`` defaults to ``compare`` in the
 current folder. Runs are labelled by their folder names (the parent folder is added where two names clash).
+
+:func:`track_compare` logs the folder to one wandb run (job type ``ontolab-compare``) in ``DIR/wandb/``:
+``compare.csv`` and ``leaderboard.csv`` as ``wandb.Table`` s (``compare/results``, ``compare/leaderboard``)
+and ``plots/*.png`` as ``wandb.Image`` s (``plots/<name>``). As for ``ontolab run``: ``offline`` by default,
+``online`` only when asked (an unreachable server falls back to offline with one warning line),
+``WANDB_MODE=disabled`` turns it off; ``DIR/tracking.json`` says what happened. A failure to log is a
+warning: the folder holds every result.
 
 The helpers :func:`chosen_site_rows` and :func:`leaderboard_markdown` are shared with
 :mod:`experiments.sweep`, which renders aggregated rows of the same shape.
@@ -17,22 +28,28 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import math
+import os
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from experiments.compare_inputs import load_summary
 from experiments.config import ConfigError
-from experiments.plots import (BASELINES, NothingToPlot, main_metric, markdown_plots, planning_label,
+from experiments.plots import (NothingToPlot, base_method, main_metric, markdown_plots, methods_order, planning_label,
                                plot_accuracy_vs_selectivity, plot_by_checkpoint, plot_imagination, plot_open_loop,
                                plot_planning, plot_probe_metrics, run_plot_jobs)
-from experiments.provenance import atomic_write_text
+from experiments.provenance import atomic_write_text, write_json
 
 CHOSEN = "chosen"
 """Site name given to rows read at the ontology's chosen site (sites differ per concept and per run)."""
 ANYWHERE = ("prior", "observation", "history")
 """Baselines that do not read a latent site: their row at any site is used."""
+BOARD_COLUMNS = ("test", "ood", "imagined_k5", "selectivity")
+"""Leaderboard columns: the concept's main metric on test, ood and imagined k = 5, and selectivity (on test)."""
+MODES = ("offline", "online", "disabled")
 
 
 def chosen_site_rows(rows: Iterable[Mapping[str, Any]], sites: Mapping[str, str], label: str | None = None) -> list[dict]:
@@ -44,7 +61,7 @@ def chosen_site_rows(rows: Iterable[Mapping[str, Any]], sites: Mapping[str, str]
     out, seen = [], set()
     for r in rows:
         c = r["concept"]
-        if c not in sites or not (r["site"] == sites[c] or r["method"] in ANYWHERE):
+        if c not in sites or not (r["site"] == sites[c] or base_method(r["method"]) in ANYWHERE):
             continue
         key = (r["method"], c, r["split"], r["metric"])
         if key in seen:  # a baseline without a site of its own: keep one row
@@ -69,29 +86,41 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines + ["| " + " | ".join("" if v is None else str(v) for v in r) + " |" for r in rows])
 
 
-def leaderboard_markdown(rows_by_label: Mapping[str, Sequence[Mapping[str, Any]]],
-                         chosen: Mapping[str, Mapping[str, str]] | None = None, label_name: str = "run") -> list[str]:
-    """Per concept, a table of every label x method (baselines last) at the chosen site.
+def leaderboard_rows(rows_by_label: Mapping[str, Sequence[Mapping[str, Any]]],
+                     chosen: Mapping[str, Mapping[str, str]] | None = None) -> list[dict[str, Any]]:
+    """Per concept (sorted), per label, per method (baselines last): ``{label, concept, metric, method, chosen,
+    test, ood, imagined_k5, selectivity}``, each of the last four the matching row or ``None``.
 
     ``rows_by_label``: ``{label: rows}`` already passed through :func:`chosen_site_rows` (without
-    ``label``); ``chosen``: ``{label: {concept: method}}`` marks the ontology's choice with ``*``.
-    Columns: the concept's main metric on test, ood and imagined k = 5, and selectivity.
+    ``label``); ``chosen``: ``{label: {concept: method}}``, the ontology's choice (``chosen`` is true there).
     """
     all_rows = [r for rows in rows_by_label.values() for r in rows]
     metric = main_metric(r for r in all_rows if r.get("estimate") is not None)
-    lines: list[str] = []
+    board: list[dict[str, Any]] = []
     for concept in sorted(metric):
-        table = []
         for label, rows in rows_by_label.items():
             idx = {(r["method"], r["split"], r["metric"]): r for r in rows if r["concept"] == concept}
-            methods = sorted({m for m, _, _ in idx if m not in BASELINES}) + [b for b in BASELINES if any(k[0] == b for k in idx)]
+            methods = methods_order({m for m, _, _ in idx})
             for m in methods:
-                star = "*" if (chosen or {}).get(label, {}).get(concept) == m else ""
-                table.append([label, m + star, *(_fmt(idx.get((m, s, metric[concept]))) for s in ("test", "ood", "imagined_k5")),
-                              _fmt(idx.get((m, "test", "selectivity")))])
-        if table:
-            lines += [f"### {concept} ({metric[concept]})", "",
-                      _table([label_name, "method", "test", "ood", "imagined k=5", "selectivity"], table), ""]
+                board.append({"label": label, "concept": concept, "metric": metric[concept], "method": m,
+                              "chosen": (chosen or {}).get(label, {}).get(concept) == m,
+                              **{s: idx.get((m, s, metric[concept])) for s in BOARD_COLUMNS[:3]},
+                              "selectivity": idx.get((m, "test", "selectivity"))})
+    return board
+
+
+def leaderboard_markdown(rows_by_label: Mapping[str, Sequence[Mapping[str, Any]]],
+                         chosen: Mapping[str, Mapping[str, str]] | None = None, label_name: str = "run") -> list[str]:
+    """Per concept, a table of every label x method (baselines last) at the chosen site (:func:`leaderboard_rows`;
+    ``*`` marks the ontology's method). Columns: the concept's main metric on test, ood and imagined k = 5, and selectivity."""
+    board = leaderboard_rows(rows_by_label, chosen)
+    lines: list[str] = []
+    for concept in dict.fromkeys(b["concept"] for b in board):
+        rows = [b for b in board if b["concept"] == concept]
+        lines += [f"### {concept} ({rows[0]['metric']})", "",
+                  _table([label_name, "method", "test", "ood", "imagined k=5", "selectivity"],
+                         [[b["label"], b["method"] + ("*" if b["chosen"] else ""), *(_fmt(b[c]) for c in BOARD_COLUMNS)]
+                          for b in rows]), ""]
     return lines
 
 
@@ -110,13 +139,6 @@ def run_labels(run_dirs: Sequence[Path]) -> list[str]:
     counts = Counter(names)
     labels = [f"{p.resolve().parent.name}/{n}" if counts[n] > 1 else n for p, n in zip(run_dirs, names)]
     return labels if len(set(labels)) == len(labels) else [str(p.resolve()) for p in run_dirs]
-
-
-def load_summary(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "summary.json"
-    if not path.is_file():
-        raise ConfigError(f"{str(run_dir)!r} holds no summary.json; give a finished run folder (made by `ontolab run`)")
-    return json.loads(path.read_text())
 
 
 def compare_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
@@ -148,6 +170,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     }, out / "plots")
     where_when = by_checkpoint_plots(run_dirs, labels, summaries, out / "plots")
     _write_csv(out / "compare.csv", labels, summaries)
+    _write_leaderboard(out / "leaderboard.csv", leaderboard_rows(by_label, chosen))
     parts = [f"# ontolab compare: {', '.join(labels)}", "",
              "Every probe method and baseline at the site each run's ontology chose for the concept (`*`: the "
              "ontology's method), held-out numbers with 95% bootstrap intervals over episodes. Every row of every "
@@ -176,14 +199,19 @@ def by_checkpoint_plots(run_dirs: Sequence[Path], labels: Sequence[str], summari
     from experiments.stages.by_checkpoint import FILE, read_by_checkpoint_csv
 
     out: dict[str, Path | str] = {}
+    keep = set()
     for run, label, s in zip(run_dirs, labels, summaries):
         path = folder / f"by_checkpoint-{re.sub(r'[^A-Za-z0-9_.-]+', '_', label).strip('_')}.png"
+        keep.add(path.name)
         rows = s.get("probes_by_checkpoint") or read_by_checkpoint_csv(Path(run) / "probes" / FILE)
         try:
             out[label] = plot_by_checkpoint(rows, path, title=f"{label}: linear probe score by site x training step")
         except NothingToPlot as e:
             path.unlink(missing_ok=True)
             out[label] = str(e)
+    for stale in folder.glob("by_checkpoint-*.png"):  # runs of an earlier comparison into the same folder
+        if stale.name not in keep:
+            stale.unlink()
     return out
 
 
@@ -198,18 +226,98 @@ def _write_csv(path: Path, labels: Sequence[str], summaries: Sequence[Mapping[st
     atomic_write_text(path, buf.getvalue())
 
 
+def _write_leaderboard(path: Path, board: Sequence[Mapping[str, Any]]) -> None:
+    cols = ["run", "concept", "metric", "method", "chosen"] + [f"{c}_{k}" for c in BOARD_COLUMNS for k in ("estimate", "ci_low", "ci_high")]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for b in board:
+        w.writerow([b["label"], b["concept"], b["metric"], b["method"], str(b["chosen"]).lower(),
+                    *((b[c] or {}).get(k) for c in BOARD_COLUMNS for k in ("estimate", "ci_low", "ci_high"))])
+    atomic_write_text(path, buf.getvalue())
+
+
+def _read_table(path: Path) -> tuple[list[str], list[list[Any]]]:
+    """``(columns, rows)`` of a CSV written above: numbers as floats (empty or NaN -> ``None``), ``chosen`` as bools."""
+    def cell(col: str, v: str) -> Any:
+        if col.endswith(("estimate", "ci_low", "ci_high")):
+            x = float(v) if v else math.nan
+            return x if math.isfinite(x) else None
+        return v == "true" if col == "chosen" else v
+
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        cols = next(reader)
+        return cols, [[cell(c, v) for c, v in zip(cols, r)] for r in reader]
+
+
+def track_compare(out: str | Path, run_dirs: Sequence[str | Path], *, mode: str = "offline", project: str = "ontolab",
+                  init_timeout: float | None = None) -> Any:
+    """Log the comparison in folder ``out`` (made by :func:`compare_runs`) to one wandb run; writes
+    ``out/tracking.json`` and returns the :class:`~experiments.tracking.TrackingResult` (see the module docstring)."""
+    from experiments.tracking import INIT_TIMEOUT_S, TrackingResult, effective_mode, open_run
+
+    out = Path(out)
+    mode = effective_mode(mode)
+    if mode == "disabled":
+        result = TrackingResult("disabled")
+        write_json(result.to_dict(), out / "tracking.json")
+        return result
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    timeout = float(init_timeout if init_timeout is not None else os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT_S))
+    runs = [Path(p) for p in run_dirs]
+    config = {"runs": dict(zip(run_labels(runs), (str(p.resolve()) for p in runs))), "out": str(out.resolve())}
+    run, mode, fallback = open_run(wandb, mode, out, project, f"compare-{out.resolve().name}", config, timeout,
+                                   job_type="ontolab-compare")
+    logged: list[str] = []
+    status = 1
+    try:
+        tables = {}
+        for key, name in (("compare/results", "compare.csv"), ("compare/leaderboard", "leaderboard.csv")):
+            cols, rows = _read_table(out / name)
+            if rows:
+                tables[key] = wandb.Table(columns=cols, data=rows)
+        if tables:
+            run.log(tables)
+            logged += [f"table:{k}" for k in tables]
+        pngs = sorted((out / "plots").glob("*.png"))
+        if pngs:
+            run.log({f"plots/{p.stem}": wandb.Image(str(p), caption=p.stem) for p in pngs})
+            logged += [f"image:{p.stem}" for p in pngs]
+        status = 0
+    finally:
+        run.finish(exit_code=status)
+    result = TrackingResult(mode, run.id, str(Path(run.dir).parent) if getattr(run, "dir", None) else None,
+                            fallback, tuple(logged))
+    write_json(result.to_dict(), out / "tracking.json")
+    return result
+
+
 def cmd_compare(args: list[str]) -> int:
-    """``ontolab compare RUN_DIR [RUN_DIR ...] [out=DIR]``."""
-    out, runs = "compare", []
+    """``ontolab compare RUN_DIR [RUN_DIR ...] [out=DIR] [wandb.mode=offline|online|disabled] [wandb.project=NAME]``."""
+    out, runs, mode, project = "compare", [], "offline", "ontolab"
     for a in args:
         key, sep, value = a.partition("=")
         if not sep:
             runs.append(a)
         elif key == "out" and value:
             out = value
+        elif key == "wandb.mode" and value in MODES:
+            mode = value
+        elif key == "wandb.project" and value.strip():
+            project = value.strip()
+        elif key == "wandb.mode":
+            raise ConfigError(f"wandb.mode must be offline, online or disabled, got {value!r}")
         else:
-            raise ConfigError(f"`ontolab compare` takes run folders and out=DIR, got {a!r}")
+            raise ConfigError(f"`ontolab compare` takes run folders, out=DIR, wandb.mode=MODE and wandb.project=NAME, got {a!r}")
     report = compare_runs(runs, out)
-    print(f"comparison of {len(runs)} run(s): {report}")
+    try:
+        tracked = track_compare(out, runs, mode=mode, project=project).mode
+    except Exception as e:  # noqa: BLE001 -- deliberate: logging is optional, the comparison folder is the record
+        msg = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        print(f"ontolab: warning: wandb logging failed ({msg}); the folder {out} holds every result", file=sys.stderr)
+        tracked = "failed"
+    print(f"comparison of {len(runs)} folder(s): {report} (wandb: {tracked})")
     return 0
-

@@ -34,6 +34,14 @@ import numpy as np  # noqa: E402
 from worlds.atomic import atomic_write_bytes  # noqa: E402
 
 BASELINES = ("prior", "random_model", "observation", "history")
+
+
+def base_method(label: str) -> str:
+    """The method or baseline a plot label names: ``run/observation:mlp@feat`` -> ``observation``
+    (a baseline fitted with another probe method is ``<baseline>:<method>``, :func:`probes.harness.baseline_name`)."""
+    return label.split("@")[0].split("/")[-1].split(":")[0]
+
+
 IMAGINED = {"test": 0, "imagined_k1": 1, "imagined_k5": 5, "imagined_k15": 15}
 R2_FLOOR = -1.0
 
@@ -87,20 +95,17 @@ def _pick(rows: Iterable[Mapping[str, Any]], split: str, sites: Mapping[str, str
             continue
         if sites is None:
             out.setdefault((c, f"{r['method']}@{r['site']}"), dict(r))
-        elif c in sites and (r["site"] == sites[c] or r["method"] in ("prior", "observation")):
+        elif c in sites and (r["site"] == sites[c] or base_method(r["method"]) in ("prior", "observation")):
             out.setdefault((c, r["method"]), dict(r))
     return out
 
 
-def _methods_order(labels: Iterable[str]) -> list[str]:
+def methods_order(labels: Iterable[str]) -> list[str]:
     """Probe methods first (sorted), then the baselines in a fixed order."""
     labels = set(labels)
 
-    def base(lab: str) -> str:
-        return lab.split("@")[0].split("/")[-1]
-
-    return sorted((m for m in labels if base(m) not in BASELINES)) + sorted(
-        (m for m in labels if base(m) in BASELINES), key=lambda m: (BASELINES.index(base(m)), m))
+    return sorted((m for m in labels if base_method(m) not in BASELINES)) + sorted(
+        (m for m in labels if base_method(m) in BASELINES), key=lambda m: (BASELINES.index(base_method(m)), m))
 
 
 def plot_probe_metrics(rows: Sequence[Mapping[str, Any]], path: str | Path, *, split: str = "test",
@@ -115,7 +120,7 @@ def plot_probe_metrics(rows: Sequence[Mapping[str, Any]], path: str | Path, *, s
         raise NothingToPlot(f"no balanced_accuracy or r2 rows on split {split!r}")
     metric = main_metric(r for r in rows if _finite(r.get("estimate")))
     panels = [m for m in ("balanced_accuracy", "r2") if any(metric[c] == m for c, _ in picked)]
-    labels = _methods_order({lab for _, lab in picked})
+    labels = methods_order({lab for _, lab in picked})
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 1.1 * len(metric) + 2), 3.6 * len(panels)), squeeze=False)
     colors = plt.get_cmap("tab10")
     for ax, m in zip(axes[:, 0], panels):
@@ -127,7 +132,7 @@ def plot_probe_metrics(rows: Sequence[Mapping[str, Any]], path: str | Path, *, s
                 continue
             rs = [picked[(concepts[i], lab)] for i in xs]
             ax.bar(np.array(xs) + (j - (len(labels) - 1) / 2) * width, [r["estimate"] for r in rs], width,
-                   yerr=_err(rs), capsize=2, label=lab, color=colors(j % 10), alpha=0.9 if lab.split("/")[-1] not in BASELINES else 0.45)
+                   yerr=_err(rs), capsize=2, label=lab, color=colors(j % 10), alpha=0.9 if base_method(lab) not in BASELINES else 0.45)
         ax.set_xticks(range(len(concepts)), concepts, rotation=30, ha="right")
         ax.set_ylabel(m)
         ax.set_ylim((0.0, 1.05) if m == "balanced_accuracy" else (max(R2_FLOOR, ax.get_ylim()[0]), 1.05))
@@ -151,7 +156,7 @@ def plot_accuracy_vs_selectivity(rows: Sequence[Mapping[str, Any]], path: str | 
                             f"on split {split!r} (was probes.control off?)")
     fig, ax = plt.subplots(figsize=(6.0, 4.5))
     colors = plt.get_cmap("tab10")
-    for j, method in enumerate(_methods_order({k[0] for k in keys})):
+    for j, method in enumerate(methods_order({k[0] for k in keys})):
         ks = [k for k in keys if k[0] == method]
         ys, xs = [score[k] for k in ks], [sel[k] for k in ks]
         ax.errorbar([r["estimate"] for r in xs], [r["estimate"] for r in ys], xerr=_err(xs), yerr=_err(ys),
@@ -176,7 +181,7 @@ def plot_imagination(rows: Sequence[Mapping[str, Any]], path: str | Path, *, sit
     series: dict[tuple[str, str, str], dict[int, dict]] = {}
     for r in rows:
         c = r["concept"]
-        if r["split"] not in IMAGINED or metric.get(c) != r["metric"] or r["method"] in BASELINES:
+        if r["split"] not in IMAGINED or metric.get(c) != r["metric"] or base_method(r["method"]) in BASELINES:
             continue
         if sites is not None and sites.get(c) != r["site"]:
             continue

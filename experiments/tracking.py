@@ -139,12 +139,33 @@ def _artifacts(run_dir: Path, summary: Mapping[str, Any]) -> list[tuple[str, str
     return found
 
 
-def _init(wandb: Any, mode: str, run_dir: Path, project: str, name: str, config: dict, timeout: float) -> Any:
+def _init(wandb: Any, mode: str, run_dir: Path, project: str, name: str, config: dict, timeout: float,
+          job_type: str = "ontolab-run") -> Any:
     settings = wandb.Settings(init_timeout=timeout, silent=True, console="off")
     # The group is read here, not left to wandb's process-wide settings: `ontolab sweep` sets it per sweep.
     return wandb.init(project=project, name=name, dir=str(run_dir), mode=mode, config=config,
-                      group=os.environ.get("WANDB_RUN_GROUP") or None, job_type="ontolab-run",
+                      group=os.environ.get("WANDB_RUN_GROUP") or None, job_type=job_type,
                       reinit="create_new", settings=settings)
+
+
+def open_run(wandb: Any, mode: str, folder: Path, project: str, name: str, config: dict, timeout: float, *,
+             job_type: str = "ontolab-run", offline_reason: str | None = None) -> tuple[Any, str, str | None]:
+    """``wandb.init`` logging into ``folder/wandb``: ``(run, mode used, why online fell back or None)``.
+
+    ``online`` that fails (unreachable server, no API key, ...) logs offline instead, with a one-line
+    warning on stderr; ``offline_reason`` (online already failed earlier) logs offline at once, silently."""
+    fallback = None
+    if mode == "online" and offline_reason:
+        mode, fallback = "offline", offline_reason
+    try:
+        return _init(wandb, mode, folder, project, name, config, timeout, job_type), mode, fallback
+    except wandb.errors.Error as e:  # unreachable server, no API key, ...: keep the results, log them offline
+        if mode != "online":
+            raise
+        fallback = " ".join(str(e).split())[:300]
+        print(f"ontolab: warning: wandb online logging failed ({fallback[:160]}); logging offline to "
+              f"{folder / 'wandb'} instead (`wandb sync` it later)", file=sys.stderr)
+        return _init(wandb, "offline", folder, project, name, config, timeout, job_type), "offline", fallback
 
 
 def track_run(cfg: Any, summary: Mapping[str, Any], run_dir: str | Path, *, plots: Mapping[str, Any] | None = None,
@@ -172,20 +193,8 @@ def track_run(cfg: Any, summary: Mapping[str, Any], run_dir: str | Path, *, plot
     config = {**to_dict(cfg), "fingerprints": dict(summary.get("fingerprints") or {}),
               "training_wandb_run_id": json.loads(train_run.read_text()).get("wandb_run_id") if train_run.is_file() else None,
               "run_dir": str(run_dir.resolve())}
-    name = run_dir.resolve().name
-    fallback = None
-    if mode == "online" and offline_reason:
-        mode, fallback = "offline", offline_reason
-    try:
-        run = _init(wandb, mode, run_dir, cfg.wandb.project, name, config, timeout)
-    except wandb.errors.Error as e:  # unreachable server, no API key, ...: keep the run, log it offline
-        if mode != "online":
-            raise
-        fallback = " ".join(str(e).split())[:300]
-        print(f"ontolab: warning: wandb online logging failed ({fallback[:160]}); logging offline to "
-              f"{run_dir / 'wandb'} instead (`wandb sync` it later)", file=sys.stderr)
-        mode = "offline"
-        run = _init(wandb, mode, run_dir, cfg.wandb.project, name, config, timeout)
+    run, mode, fallback = open_run(wandb, mode, run_dir, cfg.wandb.project, run_dir.resolve().name, config, timeout,
+                                   offline_reason=offline_reason)
     logged: list[str] = []
     status = 1
     try:

@@ -84,3 +84,27 @@ def test_help_lists_config_keys(tmp_path):
     r = ontolab("--help", cwd=tmp_path)
     assert r.returncode == 0
     assert "data.episodes" in r.stdout and "world.name" in r.stdout
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+@pytest.mark.parametrize("command", ["worlds", "collect", "train", "probe", "plan", "verify", "run", "quickstart",
+                                     "sweep", "compare"])
+def test_every_command_prints_its_usage_on_help(tmp_path, monkeypatch, capsys, command, flag):
+    from experiments.cli import COMMANDS, main
+
+    assert command in COMMANDS
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert main([command, "out=x", flag]) == 0  # --help anywhere, before the command reads its arguments
+    out = capsys.readouterr()
+    assert out.err == "" and out.out.startswith(f"usage:\n    ontolab {command} "), out.out[:300]
+    assert ("data.episodes (int" in out.out) == (command not in ("worlds", "compare"))  # config keys where there is a config
+    assert not any(tmp_path.iterdir())  # nothing read as a path, nothing written
+
+
+def test_help_through_the_console_script(tmp_path):
+    for args, needle in ((["compare", "--help"], "wandb.mode=offline|online|disabled"), (["probe", "--help"], "data=PATH")):
+        r = ontolab(*args, cwd=tmp_path)
+        assert r.returncode == 0 and r.stderr == "", (r.returncode, r.stderr)
+        assert r.stdout.startswith(f"usage:\n    ontolab {args[0]} ") and needle in r.stdout
+    assert not any(tmp_path.iterdir())
