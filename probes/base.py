@@ -70,6 +70,16 @@ def as_latents(x: Any, what: str = "latents", dim: int | None = None) -> Tensor:
     return t
 
 
+def _shaped(x: Any, dim: int) -> Tensor:
+    """``x`` as a float ``[n dim]`` tensor (shape and dtype checks of :func:`as_latents`, no finiteness scan)."""
+    t = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
+    if t.ndim != 2:
+        raise ProbeError(f"latents must have shape (n, d), got {tuple(t.shape)}")
+    if t.shape[1] != dim:
+        raise ProbeError(f"latents must have {dim} dims (the probe's training width), got {t.shape[1]}")
+    return t if t.is_floating_point() else t.to(torch.float32)
+
+
 def as_labels(concept: Concept, y: Any, n: int, what: str = "labels", *, fitting: bool = True) -> Tensor:
     """Check ``y [n]`` against ``concept``; int64 class indices or float64 scalar values.
 
@@ -124,10 +134,24 @@ class Probe(ABC):
     def _score(self, z: Tensor) -> Tensor:
         """Raw output on *normalised* latents ``z [n d]``."""
 
+    def _score_raw(self, x: Tensor) -> Tensor:
+        """Raw output on *raw* latents ``x [n d]`` (finiteness not yet checked). Probes whose first operation is
+        affine override this with :meth:`_folded_affine` (the normalisation folded into that map)."""
+        return self._score(self.norm.apply(as_latents(x, "latents", self.norm.dim)))
+
+    def _folded_affine(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """``x @ weight.T + bias`` for a map already folded with the normalisation (``[n k]``), refusing
+        non-finite latents: NaN/inf in a row reaches its outputs here (before any ReLU could hide an inf),
+        so only a non-finite output scans ``x`` to name the rows -- scanning every ``[n d]`` input cost the
+        planner more than the probe itself."""
+        h = torch.addmm(bias, x.to(weight.dtype), weight.T)
+        if not bool(torch.isfinite(h).all()):
+            as_latents(x, "latents", self.norm.dim)  # raises, naming the NaN/inf rows, when the input is at fault
+        return h
+
     def score(self, x: Tensor) -> Tensor:
-        """Binary ``[n]`` logit; categorical ``[n k]`` logits; scalar ``[n]`` values."""
-        x = as_latents(x, "latents", self.norm.dim).to(self.norm.mean.device)
-        return self._score(self.norm.apply(x))
+        """Binary ``[n]`` logit; categorical ``[n k]`` logits; scalar ``[n]`` values (non-finite latents refused)."""
+        return self._score_raw(_shaped(x, self.norm.dim).to(self.norm.mean.device))
 
     def predict(self, x: Tensor) -> Tensor:
         """``[n]``: int64 class index (binary/categorical) or scalar value."""

@@ -12,6 +12,7 @@ binary/scalar, ``[k d]`` for categorical.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -36,6 +37,14 @@ class LinearProbe(Probe):
 
     def _score(self, z: Tensor) -> Tensor:
         s = z @ self.weight.T + self.bias
+        return s if self.concept.kind == "categorical" else s[:, 0]
+
+    @functools.cached_property
+    def _folded(self) -> tuple[Tensor, Tensor]:
+        return self.norm.fold(self.weight, self.bias)
+
+    def _score_raw(self, x: Tensor) -> Tensor:
+        s = self._folded_affine(x, *self._folded)
         return s if self.concept.kind == "categorical" else s[:, 0]
 
     def direction(self) -> Tensor:

@@ -8,6 +8,7 @@ latent the normaliser maps to zero): a local, not a global, readout direction.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +31,19 @@ class MLPProbe(Probe):
     method = "mlp"
 
     def _score(self, z: Tensor) -> Tensor:
-        h = z
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = h @ w.T + b
-            if i < len(self.weights) - 1:
-                h = torch.relu(h)
+        return self._rest(z @ self.weights[0].T + self.biases[0])
+
+    @functools.cached_property
+    def _folded(self) -> tuple[Tensor, Tensor]:
+        return self.norm.fold(self.weights[0], self.biases[0])
+
+    def _score_raw(self, x: Tensor) -> Tensor:
+        return self._rest(self._folded_affine(x, *self._folded))
+
+    def _rest(self, h: Tensor) -> Tensor:
+        """The layers after the first, from the first layer's pre-activation ``h [n hidden]``."""
+        for w, b in zip(self.weights[1:], self.biases[1:]):
+            h = torch.relu(h) @ w.T + b
         if self.concept.kind == "categorical":
             return h
         return h[:, 0] * self.y_std + self.y_mean

@@ -31,6 +31,15 @@ class Normalizer:
         """``[n d] -> [n d]`` standardised with the stored (training) statistics."""
         return (x.to(self.mean.dtype) - self.mean) / self.std
 
+    def fold(self, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+        """The affine map ``z @ weight.T + bias`` on normalised ``z`` as one on raw ``x``: ``(weight / std, bias - ...)``.
+
+        ``weight [k d]``, ``bias [k]``. ``x @ w.T + b`` then equals ``apply(x) @ weight.T + bias`` up to rounding,
+        without the normalised ``[n d]`` copy (what a planner scoring thousands of imagined latents pays for).
+        """
+        w = weight / self.std
+        return w, bias - w @ self.mean
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Normalizer":
         return Normalizer(self.mean.to(device=device, dtype=dtype), self.std.to(device=device, dtype=dtype))
 

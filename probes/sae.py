@@ -20,6 +20,7 @@ raw latent space (``std * w_dec``), unit norm, signed so that it points towards 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,6 +131,14 @@ class SAEProbe(Probe):
 
     def _score(self, z: Tensor) -> Tensor:
         s = torch.relu(z @ self.enc.T + self.enc_bias) * self.a + self.c
+        return s if self.concept.kind == "categorical" else s[:, 0]
+
+    @functools.cached_property
+    def _folded(self) -> tuple[Tensor, Tensor]:
+        return self.norm.fold(self.enc, self.enc_bias)
+
+    def _score_raw(self, x: Tensor) -> Tensor:
+        s = torch.relu(self._folded_affine(x, *self._folded)) * self.a + self.c
         return s if self.concept.kind == "categorical" else s[:, 0]
 
     def direction(self) -> Tensor:

@@ -48,12 +48,52 @@ def data(concept: Concept, n: int = 300, d: int = 6, seed: int = 0):
     (lambda x: x[:, :, None], lambda y: y, r"shape \(n, d\)"),
     (lambda x: x, lambda y: y[:, None], r"shape \(n,\)"),
 ])
-def test_bad_inputs_raise_one_line_probe_errors(x_bad, y_bad, match):
+@pytest.mark.parametrize("method", ["linear", "mlp", "sae", "sparse"])
+def test_bad_inputs_raise_one_line_probe_errors(method, x_bad, y_bad, match):
     x, y = data(BIN)
     with pytest.raises(ProbeError, match=match) as e:
-        LinearFitter(BIN).fit(x_bad(x), y_bad(y))
+        make_fitter(method, BIN, **FAST[method]).fit(x_bad(x), y_bad(y))
     assert isinstance(e.value, OntolabError) and isinstance(e.value, ValueError)
     assert "\n" not in str(e.value)
+
+
+GRIDS = {"linear": [{"l2": 1.0}], "sparse": [{"l1_fraction": 0.1}], "mlp": [{"hidden": (8,), "max_epochs": 2}],
+         "sae": [{"n_features": 8, "epochs": 1}]}
+NAN = lambda x: x.index_put((torch.tensor([3]), torch.tensor([1])), torch.tensor(float("nan")))  # noqa: E731
+BAD_GRID_INPUTS = {
+    "length mismatch": (lambda x: x[:-1], lambda y: y, None, "same length, got 300 labels for 299 latents"),
+    "constant labels": (lambda x: x, torch.zeros_like, None, "one class only"),
+    "NaN training latents": (NAN, lambda y: y, None, "training latents must be finite, got NaN/inf in 1 of 300 rows"),
+    "NaN validation latents": (lambda x: x, lambda y: y, "val", "validation latents must be finite"),
+    "unknown concept": (lambda x: x, lambda y: y, "concept", r"no labels for concept\(s\) \['room'\]"),
+}
+
+
+@pytest.mark.parametrize("method", ["linear", "mlp", "sae", "sparse"])
+@pytest.mark.parametrize("case", list(BAD_GRID_INPUTS))
+def test_batched_grid_fits_validate_inputs_like_the_fitters(method, case):
+    """probes.grids.fit_method (the harness's batched path) refuses what the fitters refuse, for every method.
+
+    (The batched sparse fit used to run FISTA on NaN latents and die in ``linalg.eigh``.)"""
+    from probes.grids import fit_method
+
+    x_bad, y_bad, where, match = BAD_GRID_INPUTS[case]
+    x, y = data(BIN)
+    xv, yv = x.clone(), y.clone()
+    concepts = [BIN]
+    if where == "val":
+        xv = NAN(xv)
+    elif where == "concept":
+        concepts = [BIN, CAT]
+    with pytest.raises(ProbeError, match=match) as e:
+        fit_method(method, x_bad(x), {BIN.name: y_bad(y)}, xv, {BIN.name: yv}, concepts, GRIDS[method])
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("method", ["linear", "mlp", "sae", "sparse"])
+def test_an_unknown_concept_object_is_refused(method):
+    with pytest.raises(ProbeError, match="concept must be a worlds.concepts.Concept, got str"):
+        make_fitter(method, "door_open")
 
 
 def test_class_and_scalar_label_checks():
@@ -167,3 +207,21 @@ def test_streaming_update_finish_equals_fit():
         assert torch.allclose(a.norm.mean, b.norm.mean) and torch.allclose(a.norm.std, b.norm.std)
         assert torch.allclose(a.weight, b.weight, atol=1e-7) and torch.allclose(a.bias, b.bias, atol=1e-7)
         assert isinstance(a, LinearProbe)
+
+
+@pytest.mark.parametrize("method", ["linear", "sparse", "mlp", "sae"])
+@pytest.mark.parametrize("concept", [BIN, CAT, SCA], ids=lambda c: c.kind)
+def test_score_folds_the_normalisation_and_still_refuses_non_finite_latents(method, concept):
+    """``score(x)`` (normalisation folded into the first affine map) equals the method's map on the
+    explicitly normalised latents, ``_score((x - mean) / std)``, and a NaN or inf latent row is refused
+    by name although ``score`` no longer scans its input."""
+    x, y = data(concept)
+    p = make_fitter(method, concept, **FAST[method]).fit(x[:240], y[:240], x[240:], y[240:])
+    x_new = torch.randn(50, x.shape[1], generator=torch.Generator().manual_seed(9)) * 3 + 2
+    reference = p._score((x_new - p.norm.mean) / p.norm.std)
+    torch.testing.assert_close(p.score(x_new), reference, rtol=1e-5, atol=1e-5)
+    for bad in (float("nan"), float("inf")):
+        x_bad = x_new.clone()
+        x_bad[7, 2] = bad
+        with pytest.raises(ProbeError, match="latents must be finite, got NaN/inf in 1 of 50 rows"):
+            p.score(x_bad)
