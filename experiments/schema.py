@@ -9,6 +9,7 @@ the world registered; dynamics model hyperparameters go under ``dynamics.hparams
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -60,7 +61,8 @@ class DynamicsSection:
     max_steps: int = field(3000, help="optimizer steps")
     max_time_s: float | None = field(None, help="stop training after this many seconds (null: no limit)")
     batch_size: int = field(16, help="windows per batch")
-    window: int = field(32, help="time steps per training window")
+    window: int = field(32, help="time steps per training window (metrics.json's k-step open-loop error needs window > k: "
+                                 "a shorter window drops k = 15 and says so under open_loop_missing)")
     lr: float = field(1e-3, help="AdamW learning rate")
     grad_clip: float = field(100.0, help="gradient norm clip")
     val_every: int = field(500, help="validate every this many optimizer steps")
@@ -80,8 +82,12 @@ class DynamicsSection:
         if bad:
             raise ConfigError(f"dynamics.snapshots must be fractions of max_steps strictly between 0 and 1 (the final "
                               f"weights are always used), got {list(self.snapshots)}; e.g. dynamics.snapshots=[0.1,0.25,0.5]")
-        if self.lr <= 0:
-            raise ConfigError(f"dynamics.lr must be positive, got {self.lr}")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ConfigError(f"dynamics.lr must be positive and finite, got {self.lr}; e.g. dynamics.lr=0.001")
+        if not math.isfinite(self.grad_clip) or self.grad_clip <= 0:
+            raise ConfigError(f"dynamics.grad_clip must be a positive number, got {self.grad_clip}; e.g. dynamics.grad_clip=100")
+        if self.max_time_s is not None and (not math.isfinite(self.max_time_s) or self.max_time_s <= 0):
+            raise ConfigError(f"dynamics.max_time_s must be a positive number of seconds or null, got {self.max_time_s}")
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,13 @@ class ProbesSection:
     max_train_rows: int | None = field(None, help="training rows for the non-linear methods (null: each method's default: "
                                                   "all rows for linear and mlp, 20000 for sparse, 10000 for sae; an "
                                                   "integer caps every non-linear method)")
-    imagination: bool = field(True, help="score the ontology's probes on imagined latents k = 1, 5, 15 steps ahead")
+    baseline_methods: tuple[str, ...] | None = field(None, help="probe methods the observation and random-model baselines "
+                                                                "are fitted with (rows 'observation', 'random_model' for "
+                                                                "linear, 'observation:<method>', 'random_model:<method>' "
+                                                                "for others); null: every method of probes.methods; []: "
+                                                                "the label prior only")
+    imagination: bool = field(True, help="score every method's probes on imagined latents k = 1, 5, 15 steps ahead "
+                                         "(at each concept's chosen site and at the method's own best site)")
     imagination_stride: int = field(4, help="start an imagined rollout every this many steps")
     imagined_fit: bool = field(True, help="also refit the ontology's probes on posterior + imagined latents (train "
                                           "episodes, k = 1..imagined_horizon steps ahead, labels at t+k): rows "
@@ -105,8 +117,9 @@ class ProbesSection:
     state_consistency: bool = field(True, help="score whether the ontology's probes agree across test episodes that "
                                                "reach the same true state (concept values)")
     causal: bool = field(True, help="causal checks of the ontology's probes: sufficiency (edit along the probe, decode "
-                                    "the imagined future; where a scenario exists) and necessity (LEACE erasure vs a "
-                                    "random subspace; binary concepts with a linear probe)")
+                                    "the imagined future where a scenario exists; elsewhere the weaker probe-judged "
+                                    "check, rows 'causal_sufficiency_probe') and necessity (LEACE erasure vs a random "
+                                    "subspace; every concept)")
     checks_episodes: int = field(200, help="test episodes (a seeded draw) for the state-consistency and causal checks")
     causal_stride: int = field(4, help="start a causal-necessity rollout every this many steps")
     history: bool = field(True, help="the supervised history baseline: a small GRU trained on the labels over each "
@@ -121,6 +134,13 @@ class ProbesSection:
         bad = [m for m in self.methods if m not in method_names()]
         if bad or not self.methods:
             raise ConfigError(f"probes.methods: unknown method(s) {bad or '(none)'}; known: {', '.join(method_names())}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"probes.seeds must list distinct probe seeds (at least one), got {list(self.seeds)}; "
+                              "e.g. probes.seeds=[0] or probes.seeds=[0,1,2]")
+        bad = [m for m in self.baseline_methods or () if m not in method_names()]
+        if bad:
+            raise ConfigError(f"probes.baseline_methods: unknown method(s) {bad}; known: {', '.join(method_names())} "
+                              "(or null: every method of probes.methods)")
         for k in ("n_boot", "max_train_rows", "imagination_stride", "checks_episodes", "causal_stride", "imagined_horizon"):
             if getattr(self, k) is not None and getattr(self, k) < 1:
                 raise ConfigError(f"probes.{k} must be a positive integer, got {getattr(self, k)}")
@@ -252,7 +272,8 @@ class RunConfig:
         return build(get_world(self.world.name).params_cls, self.world.params, "world.")
 
 
-ALIASES = {"world": "world.name", "episodes": "data.episodes", "data": "data.path", "dynamics": "dynamics.model"}
+ALIASES = {"world": "world.name", "episodes": "data.episodes", "data": "data.path", "dynamics": "dynamics.model",
+           "resume": "dynamics.resume"}
 
 
 def resolve(args: list[str], config_file: str | Path | None = None, base: Mapping[str, Any] | None = None) -> RunConfig:
@@ -285,7 +306,7 @@ ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 def _check_names(cfg: RunConfig) -> None:
     """Every name in the config that a registry or a world defines, checked before any work starts."""
     from dynamics.base import ActionSpec, ObsSpec
-    from dynamics.registry import build_model, model_config
+    from dynamics.registry import build_model, model_config, model_names
     from worlds.dataset import action_spec_of, obs_spec_of
     from worlds.policies import policy_names
 
@@ -299,10 +320,12 @@ def _check_names(cfg: RunConfig) -> None:
     if held_out and cfg.data.ood_episodes:
         raise ConfigError(f"world.families includes the held-out family {sorted(held_out)}; drop it, or set "
                           "data.ood_episodes=0 if no out-of-distribution split is wanted")
+    if cfg.dynamics.model not in model_names():
+        raise ConfigError(f"dynamics: unknown dynamics model {cfg.dynamics.model!r}; known models: {', '.join(model_names())}")
     try:
         model_config(cfg.dynamics.model, **cfg.dynamics.hparams)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"dynamics: {e}") from None
+    except (TypeError, ValueError) as e:  # names the hparam and what it must be
+        raise ConfigError(f"dynamics.hparams: {e}") from None
     if cfg.plan.reward.strip():  # names and types of the reward against this world's concepts
         from rewards import RewardError, RewardSpec
 

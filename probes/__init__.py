@@ -13,11 +13,11 @@ from probes.control import control_labels, observation_types, selectivity
 from probes.extract import LatentStore, extract_latents, model_fingerprint
 from probes.erasure import Eraser, fit_leace, leace_erase, random_subspace_erase
 from probes.grids import GridFit, fit_method
-from probes.harness import HarnessResult, run_harness
+from probes.harness import HarnessResult, baseline_name, run_harness
 from probes.history import HistoryBaseline, HistoryFitter, HistorySplit
 from probes.imagined import ImaginedFit, ImaginedRows, fit_on_imagined, imagined_rows
 from probes.linear import GridResult, LinearFitter, LinearProbe, choose_lambda, fit_grid
-from probes.mdl import MDLResult, online_codelength
+from probes.mdl import MDLResult, mdl_estimates, online_codelength
 from probes.metrics import concept_metrics, metric_names, prior_baseline
 from probes.mlp import MLPFitter, MLPProbe
 from probes.normalize import Normalizer, NormalizerFitter
@@ -61,6 +61,7 @@ __all__ = [
     "SparseFitter",
     "SparseProbe",
     "SufficiencyResult",
+    "baseline_name",
     "bootstrap",
     "bootstrap_seeds",
     "causal_necessity",
@@ -80,6 +81,7 @@ __all__ = [
     "imagined_rows",
     "leace_erase",
     "make_fitter",
+    "mdl_estimates",
     "method_names",
     "method_ontologies",
     "metric_names",

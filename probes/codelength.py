@@ -2,8 +2,9 @@
 
 :func:`compression_rows` runs :func:`probes.mdl.online_codelength` on the TEST split's rows (held-out
 trajectories; capped at ``max_rows`` rows drawn with the seed), for every concept and its control
-labelling, over ``shuffles`` block orders; the reported number is the mean compression over the
-orders with a t-interval over them (:func:`probes.mdl.compression_estimate`).
+labelling, over ``shuffles`` block orders (:func:`codelength_results`); the harness reports the mean code
+length (bits) and compression over the orders with an interval from a bootstrap over test episodes and
+orders (:func:`probes.mdl.mdl_estimates`).
 
 Scalar concepts are coded as their equal-mass bins (``n_bins`` quantile bins of the coded rows; the
 control labels use the same edges). Each block is coded by the probe method with the hyperparameters
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from probes.linear import LinearProbe, fit_linear_batch
-from probes.mdl import compression_estimate, discretise_scalar, online_codelength
+from probes.mdl import MDLResult, compression_estimate, discretise_scalar, online_codelength
 from probes.normalize import Normalizer
 from probes.registry import hparam_names, make_fitter
 from probes.stats import Estimate
@@ -117,7 +118,16 @@ class _LinearBlocks:
 def compression_rows(method: str, x: np.ndarray, targets: Sequence[tuple[str, Concept, np.ndarray, Mapping[str, Any]]], *,
                      shuffles: int = 3, seed: int = 0, device: Any = "cpu", dtype: torch.dtype = torch.float32
                      ) -> dict[str, Estimate]:
-    """``{target id: compression Estimate}`` for labellings ``(id, coded concept, labels [n], hparams)`` of rows ``x [n d]``."""
+    """``{target id: compression Estimate}`` for labellings ``(id, coded concept, labels [n], hparams)`` of rows ``x [n d]``
+    (t-interval over the shuffle orders; the harness uses :func:`codelength_results` + :func:`probes.mdl.mdl_estimates`)."""
+    res = codelength_results(method, x, targets, shuffles=shuffles, seed=seed, device=device, dtype=dtype)
+    return {tid: compression_estimate(rs) for tid, rs in res.items()}
+
+
+def codelength_results(method: str, x: np.ndarray, targets: Sequence[tuple[str, Concept, np.ndarray, Mapping[str, Any]]], *,
+                       shuffles: int = 3, seed: int = 0, device: Any = "cpu", dtype: torch.dtype = torch.float32
+                       ) -> dict[str, list[MDLResult]]:
+    """``{target id: one MDLResult per shuffle order (seeds seed, seed + 1, ...)}`` for labellings as in :func:`compression_rows`."""
     results: dict[str, list[Any]] = {t[0]: [] for t in targets}
     for r in range(shuffles):
         s = seed + r
@@ -128,7 +138,7 @@ def compression_rows(method: str, x: np.ndarray, targets: Sequence[tuple[str, Co
             fpps = [_fit_proba_generic(method, c, hp, s, device, dtype) for _, c, _, hp in targets]
         for (tid, c, y, _), fpp in zip(targets, fpps):
             results[tid].append(online_codelength(x, y, fpp, num_classes=c.num_classes, seed=s))
-    return {tid: compression_estimate(rs) for tid, rs in results.items()}
+    return results
 
 
 def mdl_subsample(n: int, max_rows: int | None, seed: int) -> np.ndarray:

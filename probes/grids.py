@@ -5,7 +5,8 @@ every grid point's probes (one per seed for stochastic methods, one in all for t
 ``linear`` and ``sparse``) and their validation scores (balanced accuracy or R^2, mean over
 seeds). The chosen grid point is the best validation score; ties go to the first grid point, and
 the default grids run from the strongest regularisation to the weakest. ``choose={concept: index}``
-skips the choice (a control task reuses the task probe's hyperparameters).
+skips the choice (a control task reuses the task probe's hyperparameters). Inputs are checked once up
+front, as every fitter checks them (:func:`validated`), whichever path the method then takes.
 
 Batched where the method allows: ``linear`` fits every concept x l2 value on the site in one pass
 (:func:`probes.linear.fit_grid`); ``sparse`` fits every concept x l1 value of one concept kind in
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from probes.base import Probe, ProbeError
+from probes.base import Probe, ProbeError, as_labels, as_latents
 from probes.batched import GLM, augment, fista
 from probes.linear import _init_theta, fit_grid, validation_score
 from probes.normalize import Normalizer
@@ -114,6 +115,7 @@ def fit_method(method: str, x: Tensor, ys: Mapping[str, Tensor], x_val: Tensor, 
     grid = tuple(dict(g) for g in grid)
     if not grid:
         raise ProbeError(f"the grid of method {method!r} is empty; give at least one hyperparameter setting")
+    x, ys, x_val, ys_val = validated(x, ys, x_val, ys_val, concepts)
     x, x_val = x.to(device, dtype), x_val.to(device, dtype)
     if method == "linear":
         fits = _linear(x, ys, x_val, ys_val, concepts, grid, device, dtype)
@@ -128,6 +130,25 @@ def fit_method(method: str, x: Tensor, ys: Mapping[str, Tensor], x_val: Tensor, 
         best = choose[c.name] if choose is not None else _pick(scores)
         out[c.name] = GridFit(method, grid, tuple(tuple(ps) for ps in probes), tuple(scores), best)
     return out
+
+
+def validated(x: Any, ys: Mapping[str, Any], x_val: Any, ys_val: Mapping[str, Any], concepts: Sequence[Concept]
+              ) -> tuple[Tensor, dict[str, Tensor], Tensor, dict[str, Tensor]]:
+    """The checks every fitter makes (:func:`probes.base.as_latents`, :func:`probes.base.as_labels`), once for the grid:
+    finite ``[n d]`` latents, every concept labelled in both splits, training labels with >= 2 classes."""
+    for c in concepts:
+        if not isinstance(c, Concept):
+            raise ProbeError(f"concepts must be worlds.concepts.Concept objects, got {type(c).__name__} {c!r}")
+    missing = [c.name for c in concepts if c.name not in ys or c.name not in ys_val]
+    if missing:
+        raise ProbeError(f"no labels for concept(s) {missing}; training labels were given for {sorted(ys)}, validation "
+                         f"labels for {sorted(ys_val)}: pass both for every concept fitted")
+    x = as_latents(x, "training latents")
+    x_val = as_latents(x_val, "validation latents", x.shape[1])
+    ys = {c.name: as_labels(c, ys[c.name], x.shape[0], f"training labels of {c.name!r}") for c in concepts}
+    ys_val = {c.name: as_labels(c, ys_val[c.name], x_val.shape[0], f"validation labels of {c.name!r}", fitting=False)
+              for c in concepts}
+    return x, ys, x_val, ys_val
 
 
 def _linear(x, ys, x_val, ys_val, concepts, grid, device, dtype) -> dict[str, list[list[Probe]]]:

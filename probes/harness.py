@@ -19,11 +19,13 @@
    ``l2 = BINNED_SCALAR_L2``).
 
 Baselines beside every score (same splits and metrics): ``"prior"`` (site ``"none"``: the training
-label prior), ``"observation"`` (site ``"obs"``: ``baseline_method`` on the current observation
-flattened to float) and ``"random_model"`` (``baseline_method`` on the same site of ``random_store``,
-latents of a randomly initialised model of the same architecture). ``baseline_method`` defaults to
-``linear`` (batched, so the baselines cost little); pass ``baseline_method="mlp"`` for baselines as
-flexible as the MLP probes they sit beside (slower: one MLP fit per concept and site). With
+label prior), ``"observation"`` (site ``"obs"``: the probe on the current observation flattened to float)
+and ``"random_model"`` (the probe on the same site of ``random_store``, latents of a randomly initialised
+model of the same architecture). Both are fitted with *the same probe* as the rows they sit beside: once
+per method of ``baseline_methods`` (default: every method in ``methods``), with that method's grid,
+row cap and validation choice. The row of method ``m`` is :func:`baseline_name` ``(kind, m)``: the plain
+``"observation"`` / ``"random_model"`` for ``linear`` (the names older results use, which were always
+linear), ``"observation:mlp"``, ``"random_model:sparse"``... for the others. With
 ``history_baseline=True`` a fourth, ``"history"`` (site ``"history"``): a small GRU trained on the labels
 over each episode's observation+action history (:mod:`probes.history`; actions from the store's attached
 dataset, observations only without one) -- a supervised ceiling for what the history reveals, not a probe
@@ -79,7 +81,15 @@ from worlds.concepts import Concept, ConceptSchema
 DEFAULT_MAX_TRAIN_ROWS: dict[str, int | None] = {"linear": None, "mlp": None, "sparse": 20000, "sae": 10000}
 OBS_SITE = "obs"
 """Site of the ``"observation"`` rows."""
+BASELINE_SEP = ":"
+"""Separates a baseline from the probe method it was fitted with in a row's method (``"random_model:mlp"``)."""
 Key = tuple[str, str, str]
+
+
+def baseline_name(kind: str, method: str) -> str:
+    """Row method of baseline ``kind`` (``"observation"``, ``"random_model"``) fitted with probe ``method``:
+    ``kind`` itself for ``linear``, else ``"<kind>:<method>"``."""
+    return kind if method == "linear" else f"{kind}{BASELINE_SEP}{method}"
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,8 @@ class HarnessResult:
     ``ontologies/imagined-fit/``."""
     any_site: Ontology | None = None
     """The rule over every probed site (``None``: the same as ``ontology``, no ``planner_sites`` given)."""
+    timings: Mapping[str, float] = field(default_factory=dict)
+    """Seconds per part of the caller's stage (``harness.json`` ``"timings"``; ``seconds`` is this harness run's)."""
 
     def save(self, out_dir: str | Path) -> Path:
         """Write ``results.csv``, ``ontology/``, ``ontologies/<method>/`` and ``harness.json`` (settings, choices,
@@ -130,7 +142,8 @@ class HarnessResult:
                                           "ontologies": {m: o.summary() for m, o in self.by_method.items() if len(o)},
                                           "ontology_any_site": (self.any_site or self.ontology).summary(),
                                           "ontology_imagined_fit": None if self.imagined is None else self.imagined.summary(),
-                                          "model_checks": dict(self.checks)})
+                                          "model_checks": dict(self.checks),
+                                          "timings": {k: round(float(v), 2) for k, v in self.timings.items()}})
         return out
 
 
@@ -145,13 +158,14 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
                 concepts: Sequence[str] | None = None, splits: Sequence[str] = ("test", "ood"), seeds: Sequence[int] = (0,),
                 lambdas: Sequence[float] | None = None, grids: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
                 max_train_rows: Mapping[str, int | None] | None = None, n_boot: int = 1000, seed: int = 0,
-                baselines: bool = True, baseline_method: str | None = None, random_store: LatentStore | None = None,
+                baselines: bool = True, baseline_methods: Sequence[str] | None = None, random_store: LatentStore | None = None,
                 control: bool = True, mdl: bool = True, mdl_methods: Sequence[str] = ("linear",), mdl_shuffles: int = 3,
                 mdl_max_rows: int | None = 4000, mdl_bins: int = 10, history_baseline: bool = False,
                 planner_sites: Sequence[str] | None = None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, progress: bool = True) -> HarnessResult:
     """Fit, score, compare and choose (see the module docstring). ``lambdas`` overrides the linear grid's l2 values;
     ``grids[method]`` any method's grid (a list of hyperparameter dicts; defaults in :data:`probes.grids.DEFAULT_GRIDS`);
-    ``planner_sites`` the sites later stages can read (``imagine``'s), where the ontologies are chosen."""
+    ``planner_sites`` the sites later stages can read (``imagine``'s), where the ontologies are chosen;
+    ``baseline_methods`` the methods the observation and random-model baselines are fitted with (None: ``methods``)."""
     t0 = time.perf_counter()
     methods = _check("probe method", methods, method_names())
     sites = _check("site", sites, store.site_names)
@@ -160,8 +174,9 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
     _check("metric split", splits, ("test", "ood"))
     for need in ("train", "val"):
         _check("store split", [need], store.splits)
-    baseline_method = baseline_method or "linear"
-    _check("baseline method", [baseline_method], method_names())
+    baseline_methods = list(dict.fromkeys(methods if baseline_methods is None else baseline_methods))
+    if baselines and baseline_methods:  # []: the label prior only
+        _check("baseline method", baseline_methods, method_names())
     _check("mdl method", list(mdl_methods) or ["linear"], method_names())
     grid = {m: tuple(dict(g) for g in DEFAULT_GRIDS.get(m, ({},))) for m in method_names()}
     _check("grid method", list(grids or {}) or ["linear"], method_names())
@@ -193,7 +208,7 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
     ctrl = _control_labels(store, cs, used, seed) if control else {}
     settings = {"methods": methods, "sites": sites, "concepts": [c.name for c in cs], "splits": eval_splits, "seeds": seeds,
                 "grids": {m: list(grid[m]) for m in methods}, "max_train_rows": max_rows, "n_boot": n_boot, "seed": seed,
-                "baselines": baselines, "baseline_method": baseline_method, "control": control, "mdl": mdl,
+                "baselines": baselines, "baseline_methods": baseline_methods, "control": control, "mdl": mdl,
                 "mdl_methods": list(mdl_methods), "mdl_shuffles": mdl_shuffles, "mdl_max_rows": mdl_max_rows,
                 "mdl_bins": mdl_bins, "history_baseline": history_baseline, "device": str(device), "dtype": str(dtype), "store": store.key_hash,
                 "random_store": None if random_store is None else random_store.key_hash, "ontology_rule": RULE,
@@ -202,7 +217,8 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
 
     rows: list[ResultRow] = []
     fits: dict[Key, GridFit] = {}
-    units = len(sites) * len(methods) + (1 + len(sites) * (random_store is not None) + history_baseline if baselines else 0)
+    units = len(sites) * len(methods) + (len(baseline_methods) * (1 + len(sites) * (random_store is not None))
+                                         + history_baseline if baselines else 0)
     with tqdm(total=units, disable=not progress, desc="probe harness", unit="fit") as bar:
         for site in sites:
             xs = {s: store.site(s, site) for s in used}
@@ -219,18 +235,19 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
         if baselines:
             rows += ctx.prior_rows(cs, eval_splits)
             obs = {s: np.asarray(store.obs(s)).reshape(store.n(s), -1).astype(np.float32) for s in used}
-            bar.set_postfix_str(f"observation ({baseline_method})")
-            task, _ = ctx.fit(baseline_method, OBS_SITE, obs, cs, with_control=False)
-            rows += ctx.score_rows("observation", OBS_SITE, task, obs, eval_splits)
-            bar.update(1)
             if random_store is None:
                 skipped["random_model"] = "no random_store given"
-            for site in sites if random_store is not None else ():
-                bar.set_postfix_str(f"random model ({baseline_method}) @ {site}")
-                xr = {s: random_store.site(s, site) for s in used}
-                task, _ = ctx.fit(baseline_method, site, xr, cs, with_control=False)
-                rows += ctx.score_rows("random_model", site, task, xr, eval_splits)
+            for bm in baseline_methods:  # the same probe (method, grid, row cap) as the rows they sit beside
+                bar.set_postfix_str(f"observation ({bm})")
+                task, _ = ctx.fit(bm, OBS_SITE, obs, cs, with_control=False)
+                rows += ctx.score_rows(baseline_name("observation", bm), OBS_SITE, task, obs, eval_splits)
                 bar.update(1)
+                for site in sites if random_store is not None else ():
+                    bar.set_postfix_str(f"random model ({bm}) @ {site}")
+                    xr = {s: random_store.site(s, site) for s in used}
+                    task, _ = ctx.fit(bm, site, xr, cs, with_control=False)
+                    rows += ctx.score_rows(baseline_name("random_model", bm), site, task, xr, eval_splits)
+                    bar.update(1)
             if history_baseline:
                 bar.set_postfix_str("history (supervised GRU)")
                 rows += _history_rows(ctx, store, cs, used, eval_splits)

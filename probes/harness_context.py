@@ -10,10 +10,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from probes.base import Probe, varies
-from probes.codelength import coded_concept, compression_rows, mdl_subsample
+from probes.base import Probe, ProbeError, varies
+from probes.codelength import codelength_results, coded_concept, mdl_subsample
 from probes.control import selectivity
 from probes.grids import GridFit, as_tensor, fit_method
+from probes.mdl import mdl_estimates
 from probes.metrics import concept_estimates, metric_objects, prior_predictions
 from probes.ontology import validation_metric
 from probes.results import ResultRow
@@ -69,7 +70,7 @@ class HarnessContext:
             return task, {}
         yc = {c.name: as_tensor(self.ctrl["train"][c.name][idx]) for c in cc}
         ycv = {c.name: as_tensor(self.ctrl["val"][c.name]) for c in cc}
-        control = fit_method(method, x, yc, xv, ycv, cc, self.grid[method], seeds=self.seeds[:1],
+        control = fit_method(method, x, yc, xv, ycv, cc, self.grid[method], seeds=self.seeds,
                              choose={c.name: task[c.name].best for c in cc}, **kw)
         return task, control
 
@@ -120,11 +121,21 @@ class HarnessContext:
         return [ResultRow.from_estimate(method, site, c.name, split, m, e) for m, e in ests.items()]
 
     def selectivity_row(self, method: str, site: str, c: Concept, task: GridFit, ctrl: GridFit, x_test: np.ndarray) -> ResultRow:
-        (pt,), _ = self._predict(task.chosen[:1], x_test)
-        (pc,), _ = self._predict(ctrl.chosen[:1], x_test)
+        """Task minus control score on test. With several probe seeds (one task and one control probe per seed) the
+        mean over seeds of the paired difference, its interval a bootstrap over (seed, episode) drawing the same
+        resamples as the task rows (:func:`probes.stats.bootstrap_seeds`); with one, the paired episode bootstrap."""
+        if len(task.chosen) != len(ctrl.chosen):
+            raise ProbeError(f"selectivity pairs task and control probes seed by seed, got {len(task.chosen)} task and "
+                             f"{len(ctrl.chosen)} control probes for {c.name!r}; fit the control task with the same seeds")
+        pt, _ = self._predict(task.chosen, x_test)
+        pc, _ = self._predict(ctrl.chosen, x_test)
         metric = metric_objects(c.kind, c.num_classes)[validation_metric(c)]
-        est = selectivity(metric, (self.labels["test"][c.name], pt), (self.ctrl["test"][c.name], pc),
-                          groups=self.groups["test"], n_boot=self.n_boot, seed=self.seed)
+        y, yc, groups = self.labels["test"][c.name], self.ctrl["test"][c.name], self.groups["test"]
+        if len(pt) == 1:
+            est = selectivity(metric, (y, pt[0]), (yc, pc[0]), groups=groups, n_boot=self.n_boot, seed=self.seed)
+        else:
+            est = bootstrap_seeds(_Difference(metric), [(y, a, yc, b) for a, b in zip(pt, pc)],
+                                  groups=[groups] * len(pt), n_boot=self.n_boot, seed=self.seed)
         return ResultRow.from_estimate(method, site, c.name, "test", "selectivity", est)
 
     def mdl_rows(self, method: str, site: str, task: Mapping[str, GridFit], ctrl: Mapping[str, GridFit],
@@ -146,11 +157,29 @@ class HarnessContext:
                 targets.append((f"{n}\ncontrol", coded, yck, hp))
         if not targets:
             return []
-        ests = compression_rows(method, np.array(x_test[idx], np.float32), targets, shuffles=shuffles, seed=self.seed,
-                                device=self.device, dtype=self.dtype)
-        return [ResultRow.from_estimate(method, site, tid.split("\n")[0], "test",
-                                        "compression_control" if tid.endswith("\ncontrol") else "compression", e)
-                for tid, e in ests.items()]
+        res = codelength_results(method, np.array(x_test[idx], np.float32), targets, shuffles=shuffles, seed=self.seed,
+                                 device=self.device, dtype=self.dtype)
+        rows = []
+        for tid, rs in res.items():
+            suffix = "_control" if tid.endswith("\ncontrol") else ""
+            ests = mdl_estimates(rs, self.groups["test"][idx], n_boot=self.n_boot, seed=self.seed)
+            rows += [ResultRow.from_estimate(method, site, tid.split("\n")[0], "test", m + suffix, e) for m, e in ests.items()]
+        return rows
+
+
+@dataclass(frozen=True)
+class _Difference:
+    """``metric(y, pred) - metric(y_control, pred_control)`` on the same rows, batched over bootstrap resamples."""
+
+    metric: Any
+
+    def __call__(self, y: np.ndarray, pred: np.ndarray, yc: np.ndarray, pc: np.ndarray) -> float:
+        return float(self.metric(y, pred)) - float(self.metric(yc, pc))
+
+    def batched(self, counts: np.ndarray, group_index: np.ndarray, y: np.ndarray, pred: np.ndarray, yc: np.ndarray,
+                pc: np.ndarray) -> np.ndarray:
+        return (np.asarray(self.metric.batched(counts, group_index, y, pred), np.float64)
+                - np.asarray(self.metric.batched(counts, group_index, yc, pc), np.float64))
 
 
 def fitter_hparams(method: str, fit: GridFit) -> dict[str, Any]:

@@ -4,8 +4,16 @@
 shuffled) training set is cut at the fractions :data:`FRACTIONS`. The first block is sent with the
 uniform code (``log2 K`` bits per label); every later block is sent with a probe trained on all
 earlier blocks, costing ``-log2 p(y)`` bits per label. A latent from which the concept is easy to
-extract *with little data* gives a short code; ``compression = uniform / online`` is the number
-reported (1 = no better than uniform).
+extract *with little data* gives a short code. Two numbers are reported: the online **code length**
+in bits (Voita & Titov's headline number; it grows with the number of coded rows, so compare it only
+across probes coded on the same rows) and ``compression = uniform / online`` (1 = no better than uniform).
+
+Every coded row's bits are kept (``MDLResult.row_bits``, in the caller's row order): the rows of a block
+cost ``-log2 p(y)`` under the probe trained on the earlier blocks, the first block's ``log2 K`` each.
+:func:`mdl_estimates` turns them into intervals by a bootstrap over EPISODES (the per-row bits of the
+resampled episodes are summed) and over the shuffle orders (as seeds, :func:`probes.stats.bootstrap_seeds`).
+The block probes are not refitted per resample (that would cost ``n_boot`` online codes): the interval
+holds the test-episode sampling variation of the code given the block probes, and the order variation.
 
 Any probe method plugs in through a ``fit_predict_proba(x_train, y_train, x_eval) -> proba[m k]``
 callable (columns are the ``k`` classes in order, even when a class is missing from ``y_train``).
@@ -24,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from probes.stats import Estimate, as_numpy
+from probes.stats import Estimate, SumDecomposable, as_numpy, bootstrap_seeds, group_codes
 
 FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.0625, 0.125, 0.25, 0.5, 1.0)
 _FLOOR = 2.0**-30
@@ -47,6 +55,8 @@ class MDLResult:
     """End index (exclusive) of each block in the shuffled order; the last is ``n``."""
     num_classes: int
     seed: int
+    row_bits: tuple[float, ...] = ()
+    """Bits spent on each row, in the caller's (unshuffled) row order; they sum to ``online_bits``."""
 
     @property
     def compression(self) -> float:
@@ -90,18 +100,77 @@ def online_codelength(
     order = np.random.default_rng(seed).permutation(len(ys))
     xs, ys = xs[order], ys[order]
     ends = block_ends(len(ys), fractions)
+    row_bits = np.empty(len(ys))  # in the shuffled order; put back into the caller's order at the end
+    row_bits[: ends[0]] = math.log2(k)
     bits = [ends[0] * math.log2(k)]
     for start, end in zip(ends[:-1], ends[1:]):
         proba = as_numpy(fit_predict_proba(xs[:start], ys[:start], xs[start:end])).astype(np.float64)
         if proba.shape != (end - start, k):
             raise ValueError(f"fit_predict_proba must return shape ({end - start}, {k}), got {proba.shape}")
         p = np.maximum(proba[np.arange(end - start), ys[start:end]], _FLOOR)
-        bits.append(float(-np.log2(p).sum()))
-    return MDLResult(float(sum(bits)), len(ys) * math.log2(k), tuple(bits), ends, k, seed)
+        row_bits[start:end] = -np.log2(p)
+        bits.append(float(row_bits[start:end].sum()))
+    by_row = np.empty_like(row_bits)
+    by_row[order] = row_bits
+    return MDLResult(float(sum(bits)), len(ys) * math.log2(k), tuple(bits), ends, k, seed,
+                     tuple(float(b) for b in by_row))
+
+
+class _CodeLength(SumDecomposable):
+    """Total bits of the rows: ``(row_bits[n],) -> sum``."""
+
+    def __call__(self, bits: np.ndarray) -> float:
+        return float(np.sum(bits))
+
+    def row_stats(self, bits: np.ndarray) -> np.ndarray:
+        return np.asarray(bits, np.float64)[:, None]
+
+    def finish(self, totals: np.ndarray, full: np.ndarray) -> np.ndarray:
+        return totals[..., 0]
+
+
+class _Compression(SumDecomposable):
+    """Uniform bits over online bits of the rows: ``(row_bits[n], uniform_bits[n]) -> sum(uniform) / sum(bits)``."""
+
+    def __call__(self, bits: np.ndarray, uniform: np.ndarray) -> float:
+        return float(np.sum(uniform) / np.sum(bits))
+
+    def row_stats(self, bits: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+        return np.stack([np.asarray(bits, np.float64), np.asarray(uniform, np.float64)], 1)
+
+    def finish(self, totals: np.ndarray, full: np.ndarray) -> np.ndarray:
+        return totals[..., 1] / totals[..., 0]
+
+
+def mdl_estimates(results: Sequence[MDLResult], groups: Any, *, n_boot: int = 1000, level: float = 0.95,
+                  seed: int = 0) -> dict[str, Estimate]:
+    """``{"codelength": bits, "compression": ratio}`` of one labelling coded in several shuffle orders.
+
+    Each estimate is the mean over the orders (``results``, one per shuffle seed, all of the same rows);
+    its interval comes from a bootstrap over (order, episode): ``groups[n]`` are the rows' episode ids,
+    resampled whole and jointly for every order (:func:`probes.stats.bootstrap_seeds`), and a resample's
+    code length is the sum of its rows' bits (``MDLResult.row_bits``)."""
+    if not results:
+        raise ValueError("mdl_estimates needs at least one MDLResult, got none")
+    n, k = results[0].n, results[0].num_classes
+    for r in results:
+        if r.n != n or r.num_classes != k or len(r.row_bits) != n:
+            raise ValueError(f"mdl_estimates needs results of the same rows (n={n}, K={k}) with row_bits, got n={r.n}, "
+                             f"K={r.num_classes}, {len(r.row_bits)} row_bits; code every shuffle order on the same rows")
+    group_codes(groups, n)  # checks the shape
+    g = as_numpy(groups)
+    bits = [np.asarray(r.row_bits, np.float64) for r in results]
+    uniform = np.full(n, math.log2(k))
+    kw = dict(groups=[g] * len(results), n_boot=n_boot, level=level, seed=seed)
+    return {"codelength": bootstrap_seeds(_CodeLength(), [(b,) for b in bits], **kw),
+            "compression": bootstrap_seeds(_Compression(), [(b, uniform) for b in bits], **kw)}
 
 
 def compression_estimate(results: Sequence[MDLResult], level: float = 0.95) -> Estimate:
-    """Mean compression over shuffling seeds, with a t-interval over those seeds (NaN if only one)."""
+    """Mean compression over shuffling seeds, with a t-interval over those seeds (NaN if only one).
+
+    Superseded in the harness by :func:`mdl_estimates` (an episode-bootstrap interval); kept for callers
+    that have no episode ids."""
     if not results:
         raise ValueError("compression_estimate needs at least one MDLResult, got none")
     from scipy.stats import t  # scipy ships with scikit-learn

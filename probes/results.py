@@ -25,14 +25,19 @@ SPLITS: tuple[str, ...] = ("test", "ood", "imagined_k1", "imagined_k5", "imagine
 what the history reveals where a planner still acts -- a terminal event is usually in the frame)."""
 METRICS: tuple[str, ...] = (
     "balanced_accuracy", "auroc", "macro_f1", "r2", "mae", "ece", "selectivity", "compression",
-    "compression_control",
-    "state_consistency", "causal_sufficiency", "causal_sufficiency_null", "causal_necessity", "causal_necessity_null",
+    "compression_control", "codelength", "codelength_control",
+    "state_consistency", "causal_sufficiency", "causal_sufficiency_null", "causal_sufficiency_probe",
+    "causal_sufficiency_probe_null", "causal_necessity", "causal_necessity_null",
 )
 """``compression_control``: MDL compression of the same probe method on the control task's labels.
+``codelength`` / ``codelength_control``: the online code length in bits of the coded test rows (:mod:`probes.mdl`; a
+total, so compare it only across rows of one run: every method and site codes the same test rows).
 
 The model-based checks (:mod:`probes.consistency`, :mod:`probes.causal`; split ``test``): ``state_consistency``
 (agreement across histories reaching one true state), ``causal_sufficiency`` / ``_null`` (success rate of
-probe-direction / same-norm random edits), ``causal_necessity`` / ``_null`` (prediction-loss rise after
+probe-direction / same-norm random edits, judged on the decoded imagined future of a world scenario),
+``causal_sufficiency_probe`` / ``_null`` (the weaker generic criterion: the same probe, not a decoded future,
+judges whether its edit still reads k steps later), ``causal_necessity`` / ``_null`` (prediction-loss rise after
 LEACE / random-subspace erasure)."""
 BASELINE_METHODS: tuple[str, ...] = ("prior", "random_model", "observation")
 

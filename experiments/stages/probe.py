@@ -12,6 +12,16 @@ chosen among the sites the model's ``imagine`` produces (``planner_sites`` of
 imagined latents of the train split (:mod:`probes.imagined`, k = 1 .. ``probes.imagined_horizon`` or
 ``plan.horizon``), scored as rows ``<method>+imagined`` on ``test`` and ``imagined_k*``.
 
+Baselines (``probes.baseline_methods``, null: every method of ``probes.methods``): the observation and
+random-model baselines are fitted with each of those methods, rows ``observation`` / ``random_model``
+(linear) and ``observation:<method>`` / ``random_model:<method>`` (:func:`probes.harness.baseline_name`).
+
+Imagination consistency (``probes.imagination``; splits ``imagined_k1/5/15``): *every* fitted method's
+probe of every concept, at the concept's chosen site (so the leaderboard, which shows each method at that
+site, compares methods on imagined latents) and at the method's own best site (``ontologies/<method>/``,
+what the per-method planner reads). One rollout per site serves every method; rollouts start every
+``probes.imagination_stride`` steps of the test episodes.
+
 Model-based checks of the chosen ontology's probes (rows of ``results.csv`` with ``method, site`` =
 the concept's chosen probe; all on split ``"test"``: the held-out test episodes, at most
 ``probes.checks_episodes`` of them drawn with the run seed; every interval a 95% bootstrap over
@@ -22,16 +32,27 @@ episodes):
   :func:`probes.consistency.state_consistency`;
 - ``causal_sufficiency`` / ``causal_sufficiency_null`` (``probes.causal``), concepts with a
   decoded-future scenario in :data:`probes.causal.SCENARIOS` (lavakeydoor: ``has_key``, set next to
-  a locked door): success rate of the probe-direction edit / of a same-norm random edit;
-- ``causal_necessity`` / ``causal_necessity_null`` (``probes.causal``), binary concepts whose chosen
-  probe reads a linear direction (linear, sparse): rise of the model's 5-step open-loop prediction
-  loss after LEACE erasure (fitted on the train split's latents) / after erasing a random subspace of
-  the same rank (mean of 3), rollouts every ``probes.causal_stride`` steps.
+  a locked door): success rate of the probe-direction edit / of a same-norm random edit, judged on the
+  *decoded* imagined future;
+- ``causal_sufficiency_probe`` / ``causal_sufficiency_probe_null`` (``probes.causal``), the other binary
+  and categorical concepts: the weaker, generic criterion ``probe_k5`` of
+  :func:`probes.causal.causal_sufficiency` -- edit the latent until the probe reads the other class
+  (along the direction for linear and sparse probes, along the probe's input gradient otherwise),
+  imagine 5 steps with the true actions, and ask the *same probe* whether it still reads that class
+  (anchors where the unedited rollout already reads it are dropped). The probe judges its own edit, so
+  an edit that only fools the probe also counts: a separate metric name so nobody reads it as the
+  decoded-future check. Scalar concepts have no class to flip and are listed as skipped;
+- ``causal_necessity`` / ``causal_necessity_null`` (``probes.causal``), every concept (LEACE needs only
+  the labels, not the probe: binary and categorical concepts one-hot, scalars as one float column):
+  rise of the model's 5-step open-loop prediction loss after LEACE erasure (fitted on the train
+  split's latents at the chosen site) / after erasing a random subspace of the same rank (mean of 3),
+  rollouts every ``probes.causal_stride`` steps.
 
-Paired differences, edit norms and the other details go to ``harness.json`` ``"model_checks"``; a
-check that cannot run (no decoder, a site ``imagine`` does not produce, no shared state) is listed in
-``harness.json`` ``"skipped"`` (keys ``state_consistency:<method>/<site>``, ``causal_sufficiency[:<concept>]``,
-``causal_necessity[:<concept>]``) with the reason.
+Paired differences, edit norms, criteria and the other details go to ``harness.json`` ``"model_checks"``
+(and seconds per part of the stage to ``"timings"``); a check that cannot run (no decoder, a site
+``imagine`` does not produce, no shared state) is listed in ``harness.json`` ``"skipped"`` (keys
+``imagined:<site>``, ``state_consistency:<method>/<site>``, ``causal_sufficiency[:<concept>]``,
+``causal_necessity:<concept>``) with the reason.
 
 Standalone (:func:`experiments.stages.commands.cmd_probe`): ``ontolab probe [CONFIG] data=PATH checkpoint=PATH out=PATH
 [key=value ...]`` fits the configured probe methods on a dataset (made by ``ontolab collect``) and a
@@ -48,7 +69,7 @@ import dataclasses
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -59,6 +80,10 @@ from experiments.stages.inputs import checkpoint_of, no_actions
 from experiments.stages.train import build_for_dataset
 from worlds.dataset import TrajectoryDataset
 
+if TYPE_CHECKING:
+    from dynamics.base import DynamicsModel
+    from probes import HarnessResult
+
 IMAGINED_MAX_ROWS = 20000
 """Training rows of the non-linear imagined-fit probes when ``probes.max_train_rows`` is null: posterior
 plus imagined rows are ~(1 + horizon / stride) times the posterior ones, so they stay capped."""
@@ -68,7 +93,7 @@ def run_probe(cfg: RunConfig, data_path: Path, dynamics_dir: Path, out: Path, *,
     """Fit and score the configured probe methods on the model in ``dynamics_dir`` (a train folder or a
     ``.ckpt`` file); returns ``HarnessResult``."""
     from dynamics.training import load_model
-    from probes import ProbeError, extract_latents, imagination_consistency, run_harness
+    from probes import extract_latents, run_harness
 
     p = cfg.probes
     ds = TrajectoryDataset.open(data_path, verify=False)
@@ -87,35 +112,36 @@ def run_probe(cfg: RunConfig, data_path: Path, dynamics_dir: Path, out: Path, *,
         store = extract_latents(model, ds, splits, sites, out / "latents", progress=progress)
         random_model = build_for_dataset(dataclasses.replace(cfg, seed=cfg.seed + 1), ds).train(False)
         random_store = extract_latents(random_model, ds, splits, sites, out / "latents_random", progress=progress)
+    fitted_methods = tuple(dict.fromkeys((*p.methods, *(p.baseline_methods or ()))))
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
     res = run_harness(store, ds.schema, p.methods, sites, concepts=concepts, seeds=p.seeds, n_boot=p.n_boot,
                       seed=cfg.seed, random_store=random_store, control=p.control, mdl=p.mdl,
-                      max_train_rows=None if p.max_train_rows is None else {m: p.max_train_rows for m in p.methods if m != "linear"},
+                      baseline_methods=p.baseline_methods,
+                      max_train_rows=None if p.max_train_rows is None else {m: p.max_train_rows for m in fitted_methods if m != "linear"},
                       history_baseline=p.history, planner_sites=[s for s in sites if s in imaginable], progress=progress)
     rows, skipped = list(res.rows), dict(res.skipped)
+    timings["harness"] = time.perf_counter() - t0
     if p.by_checkpoint:  # the linear probe on every training snapshot too: by_checkpoint.csv (site x step)
         from experiments.stages.by_checkpoint import probe_by_checkpoint
 
+        t0 = time.perf_counter()
         skipped.update(probe_by_checkpoint(dynamics_dir, ds, store, out, sites=sites, concepts=concepts,
                                            expected_model=cfg.dynamics.model, n_boot=p.n_boot, seed=cfg.seed)[1])
+        timings["by_checkpoint"] = time.perf_counter() - t0
     if p.imagination and "test" in ds.splits:
-        # The planner only ever sees imagined latents: score each chosen probe on them (k steps ahead).
-        by_site = defaultdict(dict)
-        for name in res.ontology:
-            e = res.ontology[name]
-            by_site[(e.method, e.site)][name] = e.probe
-        for (method, site), chosen in by_site.items():
-            if site not in imaginable:
-                skipped[f"imagined:{method}/{site}"] = f"site {site!r} is not produced by imagine()"
-                continue
-            try:
-                rows += imagination_consistency(model, ds, chosen, site, method=method, split="test",
-                                                n_boot=p.n_boot, seed=cfg.seed, stride=p.imagination_stride)
-            except ProbeError as e:  # e.g. no held-out episode long enough for k = 15
-                skipped[f"imagined:{method}/{site}"] = str(e)
+        # The planner only ever sees imagined latents: score every method's probes on them (k steps ahead).
+        t0 = time.perf_counter()
+        more, why = imagination_rows(model, ds, imagination_probes(res), imaginable, n_boot=p.n_boot, seed=cfg.seed,
+                                     stride=p.imagination_stride)
+        rows += more
+        skipped.update(why)
+        timings["imagination"] = time.perf_counter() - t0
     imagined = None
     if p.imagined_fit:  # the same probes fitted on what the planner reads: posterior + imagined latents
         from probes.imagined import fit_on_imagined
 
+        t0 = time.perf_counter()
         points = {n: res.hparams[(e.method, e.site, n)] for n, e in res.ontology.entries.items()}
         fit = fit_on_imagined(model, ds, store, res.ontology, points, horizon=p.imagined_horizon or cfg.plan.horizon,
                               stride=p.imagination_stride, max_rows={m: p.max_train_rows or IMAGINED_MAX_ROWS for m in p.methods if m != "linear"},
@@ -124,23 +150,88 @@ def run_probe(cfg: RunConfig, data_path: Path, dynamics_dir: Path, out: Path, *,
         rows += fit.rows
         skipped.update(fit.skipped)
         imagined = fit.ontology if len(fit.ontology) else None
+        timings["imagined_fit"] = time.perf_counter() - t0
     checks: dict[str, Any] = {}
     if p.state_consistency or p.causal:
         if "test" in ds.splits:
+            t0 = time.perf_counter()
             more, why, checks = _model_checks(cfg, model, ds, store, res.ontology)
             rows += more
             skipped.update(why)
+            timings["model_checks"] = time.perf_counter() - t0
         else:
             skipped["model_checks"] = "the dataset has no test split"
-    res = dataclasses.replace(res, rows=tuple(rows), skipped=skipped, checks=checks, imagined=imagined)
+    res = dataclasses.replace(res, rows=tuple(rows), skipped=skipped, checks=checks, imagined=imagined, timings=timings)
     res.save(out)
     return res
 
 
+IMAGINED_KS = (1, 5, 15)
+"""Imagination horizons scored (the ``imagined_k*`` splits of :data:`probes.results.SPLITS`)."""
+
+
+def imagination_probes(res: "HarnessResult") -> dict[str, dict[str, dict[str, Any]]]:
+    """``site -> method -> concept -> probe``: every fitted method's probe of every ontology concept at the
+    concept's chosen site and at the method's own best site (``res.by_method``), from ``res.fitted``."""
+    out: dict[str, dict[str, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
+    for name in res.ontology:
+        for method in res.settings["methods"]:
+            own = res.by_method.get(method)
+            sites = [res.ontology[name].site] + ([own[name].site] if own is not None and name in own else [])
+            for site in dict.fromkeys(sites):
+                if (method, site, name) in res.fitted:
+                    out[site][method][name] = res.fitted[(method, site, name)]
+    return {s: dict(m) for s, m in out.items()}
+
+
+def imagination_rows(model: "DynamicsModel", ds: TrajectoryDataset, probes: dict[str, dict[str, dict[str, Any]]],
+                     imaginable: set[str], *, n_boot: int, seed: int, stride: int,
+                     ks: tuple[int, ...] = IMAGINED_KS) -> tuple[list, dict[str, str]]:
+    """Rows ``(method, site, concept, "imagined_k{k}", metric)`` of every probe in ``probes`` (site -> method ->
+    concept -> probe) on the test episodes: the rows :func:`probes.imagination_consistency` gives per method,
+    but from one rollout per site shared by every method (imagining is the costly part; scoring is cheap)."""
+    from probes import ProbeError
+    from probes.consistency import as_episodes, concept_at, imagine_latents
+    from probes.metrics import concept_estimates
+    from probes.results import ResultRow
+
+    rows: list = []
+    skipped: dict[str, str] = {}
+    eps = as_episodes(ds, "test")
+    for site, by_method in probes.items():
+        if site not in imaginable:
+            skipped[f"imagined:{site}"] = f"site {site!r} is not produced by imagine()"
+            continue
+        try:
+            im = imagine_latents(model, eps, site, ks=ks, stride=stride)
+        except ProbeError as e:  # e.g. no held-out episode long enough for k = 15
+            skipped[f"imagined:{site}"] = str(e)
+            continue
+        truth = {(n, k): concept_at(eps, n, im.anchors[k], k) for n in {n for m in by_method.values() for n in m}
+                 for k in im.ks}
+        for method, chosen in by_method.items():
+            for name, probe in chosen.items():
+                c = probe.concept
+                for k in im.ks:
+                    with torch.inference_mode():
+                        x = im.latents[k]
+                        pred = probe.predict(x).cpu().numpy()
+                        proba = None if c.kind == "scalar" else probe.predict_proba(x).cpu().numpy()
+                    est = concept_estimates(c.kind, truth[(name, k)], pred, proba, groups=im.anchors[k][:, 0],
+                                            num_classes=c.num_classes or None, n_boot=n_boot, seed=seed)
+                    rows += [ResultRow.from_estimate(method, site, name, f"imagined_k{k}", m, e) for m, e in est.items()]
+    return rows, skipped
+
+
 LINEAR_READOUT = ("linear", "sparse")
-"""Probe methods whose readout is one linear direction (the causal-necessity check erases linearly)."""
+"""Probe methods whose readout is one linear direction: the generic sufficiency edit follows it (the others
+follow the probe's input gradient)."""
 NECESSITY_HORIZON = 5
 NULL_DRAWS = 3
+SUFFICIENCY_K = 5
+"""Imagined steps of the generic, probe-judged sufficiency criterion (``probe_k5``)."""
+PROBE_JUDGED = ("causal_sufficiency_probe", "causal_sufficiency_probe_null")
+"""Metric names of the generic criterion's rows (success, null), kept apart from the decoded-future scenario's."""
 
 
 def _model_checks(cfg: RunConfig, model, ds: TrajectoryDataset, store, ontology) -> tuple[list, dict[str, str], dict[str, Any]]:
@@ -160,7 +251,8 @@ def _model_checks(cfg: RunConfig, model, ds: TrajectoryDataset, store, ontology)
     skipped: dict[str, str] = {}
     details: dict[str, Any] = {"settings": {"split": "test", "episodes": len(eps), "test_episodes": n_all,
                                             "causal_stride": p.causal_stride, "necessity_horizon": NECESSITY_HORIZON,
-                                            "null_draws": NULL_DRAWS, "sufficiency_edit": "direction"}}
+                                            "null_draws": NULL_DRAWS, "sufficiency_k": SUFFICIENCY_K,
+                                            "sufficiency_edit": "direction (scenario; linear, sparse), gradient (other probes)"}}
     kw = dict(split="test", n_boot=p.n_boot, seed=cfg.seed)
     if p.state_consistency:
         # The true state: the tuple of every concept value of the world (an abstract state; layouts differ per episode).
@@ -181,39 +273,43 @@ def _model_checks(cfg: RunConfig, model, ds: TrajectoryDataset, store, ontology)
                 skipped[f"state_consistency:{method}/{site}"] = str(e)
     if p.causal:
         suff, nec = {}, {}
-        no_scenario = [n for n in ontology if (cfg.world.name, n) not in SCENARIOS]
-        if no_scenario:
+        scalars = [n for n in ontology if (cfg.world.name, n) not in SCENARIOS and ontology[n].concept.kind == "scalar"]
+        if scalars:
             have = ", ".join("/".join(k) for k in SCENARIOS) or "(none)"
-            skipped["causal_sufficiency"] = (f"no decoded-future scenario for {cfg.world.name} concept(s) {no_scenario} "
-                                             f"(scenarios exist for: {have})")
+            skipped["causal_sufficiency"] = (f"scalar concept(s) {scalars} have no class to flip and no decoded-future "
+                                             f"scenario (scenarios exist for: {have}); not checked")
         for name in ontology:
-            if (cfg.world.name, name) not in SCENARIOS:
-                continue
             e = ontology[name]
+            factory = SCENARIOS.get((cfg.world.name, name))
+            if factory is None and e.concept.kind == "scalar":
+                continue
+            # A scenario judges the decoded future; without one the probe judges its own edit k steps later (weaker).
+            edit = "direction" if factory is not None or e.method in LINEAR_READOUT else "gradient"
             try:
-                r = causal_sufficiency(model, eps, e.probe, e.site, scenario=SCENARIOS[(cfg.world.name, name)](eps),
-                                       edit="direction", **kw)
+                r = causal_sufficiency(model, eps, e.probe, e.site, edit=edit, k=SUFFICIENCY_K,
+                                       scenario=None if factory is None else factory(eps), stride=p.causal_stride, **kw)
             except ProbeError as err:  # e.g. a site imagine() does not produce, or non-symbolic views
                 skipped[f"causal_sufficiency:{name}"] = str(err)
                 continue
             if r.skipped:
                 skipped[f"causal_sufficiency:{name}"] = r.skipped
                 continue
-            rows += r.rows(e.method)
-            suff[name] = {"method": e.method, "site": e.site, "criterion": r.criterion, "success": r.success.as_json(),
+            more = r.rows(e.method)
+            if factory is None:
+                more = [dataclasses.replace(row, metric=PROBE_JUDGED[i]) for i, row in enumerate(more)]
+            rows += more
+            suff[name] = {"method": e.method, "site": e.site, "criterion": r.criterion, "edit": edit,
+                          "metrics": [row.metric for row in more], "success": r.success.as_json(),
                           "null": r.null.as_json(), "difference": r.difference.as_json(), "edit_norm": r.edit_norm,
                           "reached": r.reached, "num_anchors": r.num_anchors}
-        erasable = [n for n in ontology if ontology[n].concept.kind == "binary" and ontology[n].method in LINEAR_READOUT]
-        others = [n for n in ontology if n not in erasable]
-        if others:
-            skipped["causal_necessity"] = (f"only binary concepts read by a linear-direction probe ({', '.join(LINEAR_READOUT)}) "
-                                           f"are erased; not checked: {others}")
         train = store.concepts("train")
-        for name in erasable:
+        for name in ontology:  # LEACE needs the labels only: every concept, whatever probe reads it
             e = ontology[name]
+            y = np.asarray(train[name])
+            labels = y.astype(np.float64) if e.concept.kind == "scalar" else y.astype(np.int64)
             try:
                 r = causal_necessity(model, eps, e.concept, e.site, train_latents=np.array(store.site("train", e.site)),
-                                     train_labels=np.array(train[name]), horizon=NECESSITY_HORIZON,
+                                     train_labels=labels, horizon=NECESSITY_HORIZON,
                                      null_draws=NULL_DRAWS, stride=p.causal_stride, **kw)
             except ProbeError as err:  # e.g. episodes shorter than the horizon
                 skipped[f"causal_necessity:{name}"] = str(err)
@@ -222,7 +318,8 @@ def _model_checks(cfg: RunConfig, model, ds: TrajectoryDataset, store, ontology)
                 skipped[f"causal_necessity:{name}"] = r.skipped
                 continue
             rows += r.rows(e.method)
-            nec[name] = {"method": e.method, "site": e.site, "rank": r.rank, "loss_clean": r.loss_clean.as_json(),
+            nec[name] = {"method": e.method, "site": e.site, "kind": e.concept.kind, "rank": r.rank,
+                         "loss_clean": r.loss_clean.as_json(),
                          "rise": r.rise.as_json(), "null_rise": r.null_rise.as_json(), "difference": r.difference.as_json(),
                          "relative_rise": r.relative_rise.as_json(), "num_anchors": r.num_anchors}
         details.update(causal_sufficiency=suff, causal_necessity=nec)

@@ -15,8 +15,9 @@ from dynamics import build_model
 from dynamics.training.checkpoint import META_KEY, AtomicCheckpointIO, model_meta
 from experiments.schema import resolve
 from experiments.stages.plan import run_plan
-from experiments.stages.probe import LINEAR_READOUT, _model_checks, run_probe
-from probes import Ontology
+from experiments.stages.probe import PROBE_JUDGED, SUFFICIENCY_K, _model_checks, imagination_probes, imagination_rows, run_probe
+from probes import Ontology, causal_sufficiency, imagination_consistency
+from probes.consistency import as_episodes
 from probes.extract import LatentStore
 from probes.imagined import LABEL as IMAGINED_LABEL
 from probes.results import read_results_csv
@@ -30,8 +31,8 @@ MODEL = ["world=lavakeydoor", "world.size=7", "dynamics=gru", f"dynamics.hparams
 PROBES = [*MODEL, f"probes.methods=[{','.join(METHODS)}]", "probes.sites=[deter]", "probes.n_boot=30",
           "probes.mdl=false", "probes.control=false", "probes.imagination=false", "probes.causal_stride=2",
           f"probes.concepts=[{','.join(CONCEPTS)}]"]
-CHECK_METRICS = ("state_consistency", "causal_sufficiency", "causal_sufficiency_null", "causal_necessity",
-                 "causal_necessity_null")
+CHECK_METRICS = ("state_consistency", "causal_sufficiency", "causal_sufficiency_null", *PROBE_JUDGED,
+                 "causal_necessity", "causal_necessity_null")
 
 
 @pytest.fixture(scope="module")
@@ -112,20 +113,80 @@ def test_every_check_is_a_row_or_a_reason(staged):
     for name in chosen:
         e = chosen[name]
         assert (name, "state_consistency") in by or f"state_consistency:{e.method}/{e.site}" in skipped
-        if name == "has_key":  # the lavakeydoor scenario
+        if name == "has_key":  # the lavakeydoor scenario: judged on the decoded future
             assert ((name, "causal_sufficiency") in by and (name, "causal_sufficiency_null") in by
                     or f"causal_sufficiency:{name}" in skipped)
             if (name, "causal_sufficiency") in by:
                 d = checks["causal_sufficiency"][name]
                 assert d["criterion"] == "key_door" and d["num_anchors"] > 0
-        else:
-            assert name in skipped["causal_sufficiency"] and (name, "causal_sufficiency") not in by
-        if e.concept.kind == "binary" and e.method in LINEAR_READOUT:
-            assert (name, "causal_necessity") in by or f"causal_necessity:{name}" in skipped
-        else:
-            assert name in skipped["causal_necessity"] and (name, "causal_necessity") not in by
+        elif e.concept.kind == "scalar":  # no class to flip
+            assert name in skipped["causal_sufficiency"] and not {(name, "causal_sufficiency"), (name, PROBE_JUDGED[0])} & set(by)
+        else:  # the weaker generic criterion, under its own metric names
+            assert (name, "causal_sufficiency") not in by
+            assert ((name, PROBE_JUDGED[0]) in by and (name, PROBE_JUDGED[1]) in by) or f"causal_sufficiency:{name}" in skipped
+            if (name, PROBE_JUDGED[0]) in by:
+                d = checks["causal_sufficiency"][name]
+                assert d["criterion"] == f"probe_k{SUFFICIENCY_K}" and d["metrics"] == list(PROBE_JUDGED)
+                assert by[(name, PROBE_JUDGED[0])].estimate == d["success"]["estimate"]
+        # LEACE needs the labels only: every concept is erased, whatever its kind or probe
+        assert (name, "causal_necessity") in by or f"causal_necessity:{name}" in skipped
+        if (name, "causal_necessity") in by:
+            assert checks["causal_necessity"][name]["rank"] == 1  # binary (one-hot of 2) and scalar: one direction
+    assert "causal_necessity" not in skipped
     assert any(m == "state_consistency" for _, m in by) and any(m == "causal_necessity" for _, m in by)
+    assert any(m == PROBE_JUDGED[0] for _, m in by)
+    assert (("steps_to_goal", "causal_necessity") in by), skipped.get("causal_necessity:steps_to_goal")  # a scalar
     assert checks["settings"]["split"] == "test" and checks["seconds"] >= 0
+    assert set(hj["timings"]) >= {"harness", "by_checkpoint", "imagined_fit", "model_checks"}
+
+
+def test_the_probe_judged_criterion_is_causal_sufficiency_without_a_scenario(staged):
+    """Reference: probes.causal.causal_sufficiency called directly (criterion probe_k5) gives the stage's numbers."""
+    root, ds, cfg, _ = staged
+    from dynamics.training import load_model
+
+    rows = {(r.concept, r.metric): r for r in read_results_csv(root / "probes" / "results.csv")}
+    chosen = Ontology.load(root / "probes" / "ontology")
+    name = next(n for n in chosen if (n, PROBE_JUDGED[0]) in rows)
+    e = chosen[name]
+    model = load_model(root / "train" / "checkpoints" / "last.ckpt")
+    eps = as_episodes(ds, "test")  # fewer test episodes than probes.checks_episodes: all of them
+    assert len(eps) <= cfg.probes.checks_episodes
+    r = causal_sufficiency(model, eps, e.probe, e.site, k=SUFFICIENCY_K, stride=cfg.probes.causal_stride,
+                           edit="direction" if e.method in ("linear", "sparse") else "gradient",
+                           n_boot=cfg.probes.n_boot, seed=cfg.seed)
+    assert r.criterion == f"probe_k{SUFFICIENCY_K}"
+    assert rows[(name, PROBE_JUDGED[0])].estimate == r.success.estimate
+    assert rows[(name, PROBE_JUDGED[1])].estimate == r.null.estimate
+
+
+def test_every_method_is_scored_on_imagined_latents_at_the_chosen_site(staged):
+    """Every method's probe at each concept's chosen site (and at its own best site), from one rollout per site;
+    reference: probes.imagination_consistency, one call per method and site."""
+    root, ds, cfg, res = staged
+    from dynamics.training import load_model
+
+    model = load_model(root / "train" / "checkpoints" / "last.ckpt")
+    probes = imagination_probes(res)
+    for name in res.ontology:
+        for m in METHODS:
+            assert probes[res.ontology[name].site][m][name] is res.fitted[(m, res.ontology[name].site, name)]
+            own = res.by_method[m][name].site
+            assert probes[own][m][name] is res.fitted[(m, own, name)]
+    rows, skipped = imagination_rows(model, ds, probes, set(model.initial(1).sites), n_boot=20, seed=0, stride=3,
+                                     ks=(1, 5))
+    assert not skipped
+    got = {(r.method, r.site, r.concept, r.split, r.metric): r for r in rows}
+    assert len(got) == len(rows)
+    want = []
+    for site, by_method in probes.items():
+        for m, chosen in by_method.items():
+            want += imagination_consistency(model, ds, chosen, site, method=m, ks=(1, 5), stride=3, n_boot=20, seed=0)
+    want = {(r.method, r.site, r.concept, r.split, r.metric): r for r in want}
+    assert set(want) == set(got)
+    for k, r in want.items():  # NaN-aware (e.g. AUROC with one class at some k)
+        np.testing.assert_array_equal([got[k].estimate, got[k].ci_low, got[k].ci_high], [r.estimate, r.ci_low, r.ci_high])
+    assert {m for m, *_ in got} == set(METHODS)
 
 
 def test_state_consistency_matches_a_brute_force_count_of_cross_episode_pairs(staged):
@@ -177,12 +238,13 @@ def test_a_model_without_a_decoder_gets_reasons_not_rows(staged, monkeypatch):
     chosen = Ontology.load(root / "probes" / "ontology")
     store = LatentStore.open(root / "probes" / "latents")
     rows, skipped, _ = _model_checks(cfg, model, ds, store, chosen)
-    assert not [r for r in rows if r.metric.startswith("causal_")]
-    erasable = [n for n in chosen if chosen[n].concept.kind == "binary" and chosen[n].method in LINEAR_READOUT]
-    assert erasable and all("cannot decode" in skipped[f"causal_necessity:{n}"] for n in erasable)
+    assert not [r for r in rows if r.metric.startswith("causal_necessity") or r.metric.startswith("causal_sufficiency_n")
+                or r.metric == "causal_sufficiency"]
+    assert all("cannot decode" in skipped[f"causal_necessity:{n}"] for n in chosen)
     if "has_key" in chosen:
         assert "cannot decode" in skipped["causal_sufficiency:has_key"]
     assert [r for r in rows if r.metric == "state_consistency"]  # needs no decoder
+    assert [r for r in rows if r.metric == PROBE_JUDGED[0]]  # neither does the probe-judged criterion
 
 
 def test_the_plan_stage_runs_one_learned_planner_per_method(staged, tmp_path):
@@ -209,3 +271,19 @@ def test_the_plan_stage_runs_one_learned_planner_per_method(staged, tmp_path):
     metrics = run_plan(cfg, root / "train", root / "probes", tmp_path / "planning2", progress=False)
     learned = [r["probe_method"] for r in metrics["rows"] if r["model"] == "learned"]
     assert len(learned) == 2 and learned[1] == IMAGINED_LABEL
+
+
+def test_baselines_are_fitted_with_every_configured_method(staged):
+    root, _, _, res = staged
+    methods = {r.method for r in read_results_csv(root / "probes" / "results.csv")}
+    assert {"observation", "random_model", "observation:sparse", "random_model:sparse"} <= methods
+    assert json.loads((root / "probes" / "harness.json").read_text())["settings"]["baseline_methods"] == list(METHODS)
+
+
+def test_baseline_methods_are_checked_at_start_up():
+    from experiments.config import ConfigError
+
+    assert resolve([*PROBES, "probes.baseline_methods=[linear]"]).probes.baseline_methods == ("linear",)
+    assert resolve(PROBES).probes.baseline_methods is None
+    with pytest.raises(ConfigError, match=r"probes.baseline_methods: unknown method\(s\) \['ridge'\]"):
+        resolve([*PROBES, "probes.baseline_methods=[ridge]"])

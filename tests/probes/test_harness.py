@@ -11,7 +11,7 @@ import pytest
 
 from probes.base import ProbeError
 from probes.extract import LatentStore
-from probes.harness import NO_SITE, OBS_SITE, run_harness
+from probes.harness import NO_SITE, OBS_SITE, baseline_name, run_harness
 from probes.metrics import metric_names
 from probes.ontology import Ontology
 from probes.results import read_results_csv
@@ -45,11 +45,12 @@ def test_rows_for_every_method_site_concept_split_metric(real, lkd):
         for split in ("test", "ood"):
             for metric in metric_names(kind):
                 assert ("prior", NO_SITE, c, split, metric) in rows
-                assert ("observation", OBS_SITE, c, split, metric) in rows
+                for m in METHODS:  # every method's baselines (probes.harness.baseline_name)
+                    assert (baseline_name("observation", m), OBS_SITE, c, split, metric) in rows
                 for site in lkd.sites:
-                    assert ("random_model", site, c, split, metric) in rows
                     for m in METHODS:
                         assert (m, site, c, split, metric) in rows
+                        assert (baseline_name("random_model", m), site, c, split, metric) in rows
         for site in lkd.sites:
             for m in METHODS:  # a rare concept's control labels can have one class: then it is listed as skipped
                 no_control = f"{m}/{site}/{c}/control" in real.skipped
@@ -57,6 +58,8 @@ def test_rows_for_every_method_site_concept_split_metric(real, lkd):
             assert ("linear", site, c, "test", "compression") in rows
             assert (("linear", site, c, "test", "compression_control") in rows) != (f"linear/{site}/{c}/control" in real.skipped)
     assert set(real.fitted) == {(m, s, c) for m in METHODS for s in lkd.sites for c in concepts}
+    assert {"observation", "random_model", "observation:mlp", "random_model:sparse"} <= {k[0] for k in rows}
+    assert real.settings["baseline_methods"] == METHODS
 
 
 def test_intervals_bracket_their_estimates(real):
@@ -164,7 +167,7 @@ def test_bad_inputs_name_what_is_allowed(planted):
 def test_all_methods_run_including_sae(planted):
     res = run_harness(planted.store, planted.schema, ["sae", "sparse"], ["signal"], concepts=["flag"], **FAST)
     counts = Counter(r.method for r in res.rows)
-    assert counts["sae"] and counts["sparse"] and counts["observation"] and counts["prior"]
+    assert counts["sae"] and counts["sparse"] and counts["observation:sae"] and counts["observation:sparse"] and counts["prior"]
     assert res.ontology["flag"].method in ("sae", "sparse")
 
 
@@ -201,3 +204,51 @@ def test_the_mlp_trains_on_every_row_by_default_while_a_cap_still_subsamples(pla
     sparse_mean = res.fitted[("sparse", "signal", "flag")].norm.mean.double().numpy()
     np.testing.assert_allclose(mlp_mean, full_mean, atol=1e-5)
     assert np.abs(sparse_mean - full_mean).max() > 1e-3
+
+
+def _aux_store(planted, path):
+    """The planted store with its sites swapped (``signal`` <-> ``noise``) and the flattened observation as site ``o``."""
+    st = planted.store
+    obs = {s: np.asarray(st.obs(s)).reshape(st.n(s), -1).astype(np.float32) for s in st.splits}
+    return LatentStore.from_arrays(
+        path, schema=planted.schema, concepts={s: {n: np.array(v) for n, v in st.concepts(s).items()} for s in st.splits},
+        sites={s: {"signal": np.array(st.site(s, "noise")), "noise": np.array(st.site(s, "signal")), "o": obs[s]}
+               for s in st.splits},
+        episodes={s: np.array(st.episodes(s)) for s in st.splits}, obs={s: np.array(st.obs(s)) for s in st.splits})
+
+
+def test_baselines_are_the_same_probe_as_the_rows_beside_them(planted, tmp_path):
+    """Reference: each method fitted directly on the random model's latents / the observation as a site gives the
+    very numbers of that method's baseline rows (same grid, row cap, validation choice and seed)."""
+    aux = _aux_store(planted, tmp_path / "aux")
+    kw = dict(control=False, mdl=False, n_boot=40, progress=False)
+    methods = ["linear", "sparse"]
+    res = run_harness(planted.store, planted.schema, methods, ["signal", "noise"], random_store=aux, **kw)
+    ref_random = _rows(run_harness(aux, planted.schema, methods, ["signal"], baselines=False, **kw))
+    ref_obs = _rows(run_harness(aux, planted.schema, methods, ["o"], baselines=False, **kw))
+    rows = _rows(res)
+    checked = 0
+    for (m, site, c, split, metric), ref in ref_random.items():
+        got = rows[(baseline_name("random_model", m), site, c, split, metric)]
+        assert (got.estimate, got.ci_low, got.ci_high) == (ref.estimate, ref.ci_low, ref.ci_high)
+        got = rows[(baseline_name("observation", m), OBS_SITE, c, split, metric)]
+        ref = ref_obs[(m, "o", c, split, metric)]
+        assert (got.estimate, got.ci_low, got.ci_high) == (ref.estimate, ref.ci_low, ref.ci_high)
+        checked += 1
+    assert checked >= 2 * 3 * 2 * 2  # methods x concepts x splits x (at least two metrics each)
+    # the swap is visible: the random model's "signal" is the real noise, so its flag is at chance there
+    assert abs(rows[("random_model:sparse", "signal", "flag", "test", "balanced_accuracy")].estimate - 0.5) < 0.1
+    assert rows[("sparse", "signal", "flag", "test", "balanced_accuracy")].estimate > 0.9
+
+
+def test_baseline_methods_choose_which_probes_the_baselines_use(planted):
+    kw = dict(control=False, mdl=False, n_boot=20, progress=False, concepts=["flag"])
+    st, schema = planted.store, planted.schema
+    only_linear = run_harness(st, schema, ["linear", "sparse"], ["signal"], baseline_methods=["linear"], **kw)
+    assert {r.method for r in only_linear.rows} == {"linear", "sparse", "prior", "observation"}
+    other = run_harness(st, schema, ["linear"], ["signal"], baseline_methods=["sparse"], **kw)
+    assert {r.method for r in other.rows} == {"linear", "prior", "observation:sparse"}
+    prior_only = run_harness(st, schema, ["linear"], ["signal"], baseline_methods=[], **kw)
+    assert {r.method for r in prior_only.rows} == {"linear", "prior"}
+    with pytest.raises(ProbeError, match=r"unknown baseline method\(s\) \['ridge'\]; allowed: linear, mlp, sae, sparse"):
+        run_harness(st, schema, ["linear"], ["signal"], baseline_methods=["ridge"], **kw)

@@ -13,7 +13,8 @@ from probes.stats import Estimate
 def test_names_fixed_by_the_issue():
     assert SPLITS == ("test", "ood", "imagined_k1", "imagined_k5", "imagined_k15", "test_nonterminal")
     assert set(METRICS) == {"balanced_accuracy", "auroc", "macro_f1", "r2", "mae", "ece", "selectivity", "compression",
-                           "compression_control", "state_consistency", "causal_sufficiency", "causal_sufficiency_null",
+                           "compression_control", "codelength", "codelength_control", "state_consistency", "causal_sufficiency", "causal_sufficiency_null",
+                           "causal_sufficiency_probe", "causal_sufficiency_probe_null",
                            "causal_necessity", "causal_necessity_null"}
     assert BASELINE_METHODS == ("prior", "random_model", "observation")
 
