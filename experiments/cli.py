@@ -99,7 +99,9 @@ def cmd_train(args: list[str]) -> int:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out={cfg.out!r} is a file; give a folder for the checkpoints")
-    result = run_train(cfg, Path(cfg.data.path), out)
+    from experiments.stages.inputs import dataset_of
+
+    result = run_train(cfg, dataset_of(Path(cfg.data.path).expanduser()), out)  # RUN/data names its dataset/
     print(f"checkpoints and metrics.json in {out} (val loss {result.val_loss:.4g})")
     return 0
 

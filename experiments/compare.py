@@ -47,8 +47,11 @@ CHOSEN = "chosen"
 """Site name given to rows read at the ontology's chosen site (sites differ per concept and per run)."""
 ANYWHERE = ("prior", "observation", "history")
 """Baselines that do not read a latent site: their row at any site is used."""
-BOARD_COLUMNS = ("test", "ood", "imagined_k5", "selectivity")
-"""Leaderboard columns: the concept's main metric on test, ood and imagined k = 5, and selectivity (on test)."""
+BOARD_COLUMNS = ("test", "ood", "imagined_k5", "selectivity", "compression")
+"""Leaderboard columns: the concept's main metric on test, ood and imagined k = 5, selectivity and MDL
+compression (both on test; compression only where MDL ran, ``probes.mdl``)."""
+BOARD_HEADERS = {"test": "test", "ood": "ood", "imagined_k5": "imagined k=5", "selectivity": "selectivity",
+                 "compression": "MDL compression"}
 MODES = ("offline", "online", "disabled")
 
 
@@ -105,21 +108,23 @@ def leaderboard_rows(rows_by_label: Mapping[str, Sequence[Mapping[str, Any]]],
                 board.append({"label": label, "concept": concept, "metric": metric[concept], "method": m,
                               "chosen": (chosen or {}).get(label, {}).get(concept) == m,
                               **{s: idx.get((m, s, metric[concept])) for s in BOARD_COLUMNS[:3]},
-                              "selectivity": idx.get((m, "test", "selectivity"))})
+                              **{k: idx.get((m, "test", k)) for k in BOARD_COLUMNS[3:]}})
     return board
 
 
 def leaderboard_markdown(rows_by_label: Mapping[str, Sequence[Mapping[str, Any]]],
                          chosen: Mapping[str, Mapping[str, str]] | None = None, label_name: str = "run") -> list[str]:
     """Per concept, a table of every label x method (baselines last) at the chosen site (:func:`leaderboard_rows`;
-    ``*`` marks the ontology's method). Columns: the concept's main metric on test, ood and imagined k = 5, and selectivity."""
+    ``*`` marks the ontology's method). Columns: the concept's main metric on test, ood and imagined k = 5, selectivity,
+    and MDL compression when any row has it."""
     board = leaderboard_rows(rows_by_label, chosen)
+    cols = [c for c in BOARD_COLUMNS if c != "compression" or any(b["compression"] for b in board)]
     lines: list[str] = []
     for concept in dict.fromkeys(b["concept"] for b in board):
         rows = [b for b in board if b["concept"] == concept]
         lines += [f"### {concept} ({rows[0]['metric']})", "",
-                  _table([label_name, "method", "test", "ood", "imagined k=5", "selectivity"],
-                         [[b["label"], b["method"] + ("*" if b["chosen"] else ""), *(_fmt(b[c]) for c in BOARD_COLUMNS)]
+                  _table([label_name, "method", *(BOARD_HEADERS[c] for c in cols)],
+                         [[b["label"], b["method"] + ("*" if b["chosen"] else ""), *(_fmt(b[c]) for c in cols)]
                           for b in rows]), ""]
     return lines
 

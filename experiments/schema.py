@@ -99,6 +99,15 @@ class ProbesSection:
     n_boot: int = field(1000, help="bootstrap resamples (over episodes) for every confidence interval")
     control: bool = field(True, help="score control tasks and report selectivity")
     mdl: bool = field(True, help="report online-code compression (MDL) for the linear probe")
+    grids: dict | None = field(None, help="hyperparameter grids searched on the validation split, per method a list of "
+                                          "points, e.g. probes.grids={mlp: [{hidden: [64]}, {hidden: [256, 256]}]}; "
+                                          "a method's list replaces its default grid (null: every default, "
+                                          "probes.grids.DEFAULT_GRIDS: linear l2 10..1e-4, sparse l1_fraction "
+                                          "0.3..0.01, one point each for mlp and sae); an mlp or sae point's unset "
+                                          "hyperparameters keep the default point's (mlp: lr 3e-3, batch_size 512, "
+                                          "max_epochs 50, patience 5). The MLP's epoch count is already chosen on the "
+                                          "validation split by early stopping (max_epochs, patience); the seed comes "
+                                          "from probes.seeds")
     max_train_rows: int | None = field(None, help="training rows for the non-linear methods (null: each method's default: "
                                                   "all rows for linear and mlp, 20000 for sparse, 10000 for sae; an "
                                                   "integer caps every non-linear method)")
@@ -141,9 +150,26 @@ class ProbesSection:
         if bad:
             raise ConfigError(f"probes.baseline_methods: unknown method(s) {bad}; known: {', '.join(method_names())} "
                               "(or null: every method of probes.methods)")
+        self._check_grids()
         for k in ("n_boot", "max_train_rows", "imagination_stride", "checks_episodes", "causal_stride", "imagined_horizon"):
             if getattr(self, k) is not None and getattr(self, k) < 1:
                 raise ConfigError(f"probes.{k} must be a positive integer, got {getattr(self, k)}")
+
+    def _check_grids(self) -> None:
+        """Each ``probes.grids`` entry names a probe method and lists points of its hyperparameters (probes.grids.grid_keys)."""
+        from probes.base import ProbeError
+        from probes.grids import checked_grid
+        from probes.registry import method_names
+
+        bad = [m for m in self.grids or {} if m not in method_names()]
+        if bad:
+            raise ConfigError(f"probes.grids: unknown method(s) {bad}; known: {', '.join(method_names())} "
+                              "(e.g. probes.grids={mlp: [{hidden: [64]}, {hidden: [256, 256]}]})")
+        for m, points in (self.grids or {}).items():
+            try:
+                checked_grid(m, points)
+            except ProbeError as e:
+                raise ConfigError(f"probes.grids.{m}: {e}") from None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ every grid point's probes (one per seed for stochastic methods, one in all for t
 ``linear`` and ``sparse``) and their validation scores (balanced accuracy or R^2, mean over
 seeds). The chosen grid point is the best validation score; ties go to the first grid point, and
 the default grids run from the strongest regularisation to the weakest. ``choose={concept: index}``
-skips the choice (a control task reuses the task probe's hyperparameters). Inputs are checked once up
+skips the choice (a control task reuses the task probe's hyperparameters). A caller's grid is checked up front by
+:func:`checked_grid` (keys :func:`grid_keys`; the ``probes.grids`` config key and the harness use it). Inputs are checked once up
 front, as every fitter checks them (:func:`validated`), whichever path the method then takes.
 
 Batched where the method allows: ``linear`` fits every concept x l2 value on the site in one pass
@@ -57,6 +58,10 @@ SPARSE_MAX_ITER = 300
 DETERMINISTIC = frozenset({"linear", "sparse"})
 """Methods whose fit does not depend on a seed: fitted once, not once per seed."""
 _SAE_KEYS = ("n_features", "l1", "top_k", "tied", "lr", "epochs", "batch_size")
+RUN_KEYS = frozenset({"seed", "device", "dtype", "sae"})
+"""Fitter keywords a grid point does not set: the run's probe seeds, device and dtype (and the sae's prefitted SAE)."""
+_SWEPT = {"linear": ("l2", "max_iter", "tol"), "sparse": ("l1_fraction", "max_iter", "tol")}
+_SWEEP_KEY = {"linear": "l2", "sparse": "l1_fraction"}
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,66 @@ class GridFit:
     @property
     def hparams(self) -> dict[str, Any]:
         return dict(self.grid[self.best])
+
+
+def grid_keys(method: str) -> tuple[str, ...]:
+    """The hyperparameters one grid point of ``method`` may set: ``linear`` and ``sparse`` sweep ``l2`` /
+    ``l1_fraction`` (plus ``max_iter``, ``tol``) in one batched fit; the other methods take their fitter's keywords
+    (:func:`probes.registry.hparam_names`) except :data:`RUN_KEYS`."""
+    if method in _SWEPT:
+        return _SWEPT[method]
+    return tuple(k for k in hparam_names(method) if k not in RUN_KEYS)
+
+
+def checked_grid(method: str, points: Any, *, complete: bool = False) -> tuple[dict[str, Any], ...]:
+    """``points`` as a grid of ``method``, checked before any fit (a :class:`ProbeError` naming the allowed keys).
+
+    A non-empty list of mappings whose keys are :func:`grid_keys`; ``linear`` / ``sparse`` points each need ``l2`` /
+    ``l1_fraction`` (no value twice); other points must build a fitter (:func:`probes.registry.make_fitter`). Numbers
+    written as strings become floats (YAML 1.1 reads ``1e-3`` as a string). With ``complete``, where the method's
+    default grid is one point (mlp, sae), each point is laid over it: unset hyperparameters keep the default budget.
+    """
+    keys = grid_keys(method)  # unknown method: ProbeError naming the known ones
+    if isinstance(points, Mapping) or isinstance(points, (str, bytes)) or not isinstance(points, Sequence) or not points:
+        raise ProbeError(f"the grid of method {method!r} must be a non-empty list of hyperparameter settings (e.g. "
+                         f"[{{{keys[0]}: ...}}]), got {points!r}")
+    out = []
+    for i, point in enumerate(points):
+        if not isinstance(point, Mapping):
+            raise ProbeError(f"grid point {i} of method {method!r} must be a mapping of hyperparameters, got {point!r}")
+        bad = sorted(str(k) for k in point if k not in keys)
+        if bad:
+            run = " (the seed, device and dtype are the run's)" if set(bad) & RUN_KEYS else ""
+            raise ProbeError(f"grid point {i} of method {method!r} has unknown hyperparameter(s) {bad}; it takes: "
+                             f"{', '.join(keys)}{run}")
+        p = {str(k): _number(v) for k, v in point.items()}
+        if method in _SWEEP_KEY and not isinstance(p.get(_SWEEP_KEY[method]), (int, float)):
+            raise ProbeError(f"grid point {i} of method {method!r} needs a number {_SWEEP_KEY[method]!r}, got {point!r}")
+        if complete and len(DEFAULT_GRIDS.get(method, ())) == 1:
+            p = {**DEFAULT_GRIDS[method][0], **p}
+        out.append(p)
+    if method in _SWEEP_KEY:
+        swept = [float(p[_SWEEP_KEY[method]]) for p in out]
+        if len(set(swept)) != len(swept):
+            raise ProbeError(f"the {method} grid repeats {_SWEEP_KEY[method]} values: {swept}")
+    else:
+        stand_in = Concept("grid_check", "binary", "a stand-in concept to check a grid point's values")
+        for i, p in enumerate(out):
+            try:
+                make_fitter(method, stand_in, **p)
+            except (ProbeError, TypeError, ValueError) as e:
+                raise ProbeError(f"grid point {i} of method {method!r} ({p}): {e}") from None
+    return tuple(out)
+
+
+def _number(v: Any) -> Any:
+    """``v``, or the float a numeric string such as ``"1e-3"`` spells."""
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
 
 
 def as_tensor(a: Any, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Tensor:

@@ -66,7 +66,7 @@ from tqdm.auto import tqdm
 from probes.base import Probe, ProbeError, varies
 from probes.control import control_labels, observation_types
 from probes.extract import LatentStore, temp_dir_for, write_json
-from probes.grids import DEFAULT_GRIDS, GridFit
+from probes.grids import DEFAULT_GRIDS, GridFit, checked_grid
 from probes.harness_context import BINNED_SCALAR_L2, NO_SITE, HarnessContext  # noqa: F401  (NO_SITE, BINNED_SCALAR_L2 re-exported)
 from probes.history import METHOD as HISTORY_SITE
 from probes.history import HistoryFitter, store_num_actions, store_split
@@ -102,7 +102,8 @@ class HarnessResult:
     val_scores: Mapping[Key, float]
     hparams: Mapping[Key, dict[str, Any]]
     skipped: Mapping[str, str]
-    """What was not computed and why (``concept``, ``method/site/concept``, ``random_model``, ``split:<name>``)."""
+    """What was not computed and why (``concept``, ``method/site/concept`` -- a baseline's under its row name,
+    ``random_model:mlp/site/concept`` --, ``random_model``, ``split:<name>``)."""
     settings: Mapping[str, Any]
     seconds: float
 
@@ -163,7 +164,8 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
                 mdl_max_rows: int | None = 4000, mdl_bins: int = 10, history_baseline: bool = False,
                 planner_sites: Sequence[str] | None = None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, progress: bool = True) -> HarnessResult:
     """Fit, score, compare and choose (see the module docstring). ``lambdas`` overrides the linear grid's l2 values;
-    ``grids[method]`` any method's grid (a list of hyperparameter dicts; defaults in :data:`probes.grids.DEFAULT_GRIDS`);
+    ``grids[method]`` any method's grid (a list of hyperparameter dicts, checked by :func:`probes.grids.checked_grid`;
+    defaults in :data:`probes.grids.DEFAULT_GRIDS`);
     ``planner_sites`` the sites later stages can read (``imagine``'s), where the ontologies are chosen;
     ``baseline_methods`` the methods the observation and random-model baselines are fitted with (None: ``methods``)."""
     t0 = time.perf_counter()
@@ -180,7 +182,7 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
     _check("mdl method", list(mdl_methods) or ["linear"], method_names())
     grid = {m: tuple(dict(g) for g in DEFAULT_GRIDS.get(m, ({},))) for m in method_names()}
     _check("grid method", list(grids or {}) or ["linear"], method_names())
-    grid.update({m: tuple(dict(g) for g in gs) for m, gs in (grids or {}).items()})
+    grid.update({m: checked_grid(m, gs) for m, gs in (grids or {}).items()})
     if lambdas is not None:
         grid["linear"] = tuple({"l2": float(v)} for v in sorted(lambdas, reverse=True))
     max_rows = {**DEFAULT_MAX_TRAIN_ROWS, **(max_train_rows or {})}
@@ -239,14 +241,16 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
                 skipped["random_model"] = "no random_store given"
             for bm in baseline_methods:  # the same probe (method, grid, row cap) as the rows they sit beside
                 bar.set_postfix_str(f"observation ({bm})")
-                task, _ = ctx.fit(bm, OBS_SITE, obs, cs, with_control=False)
-                rows += ctx.score_rows(baseline_name("observation", bm), OBS_SITE, task, obs, eval_splits)
+                row = baseline_name("observation", bm)
+                task, _ = ctx.fit(bm, OBS_SITE, obs, cs, with_control=False, row=row)
+                rows += ctx.score_rows(row, OBS_SITE, task, obs, eval_splits)
                 bar.update(1)
                 for site in sites if random_store is not None else ():
                     bar.set_postfix_str(f"random model ({bm}) @ {site}")
                     xr = {s: random_store.site(s, site) for s in used}
-                    task, _ = ctx.fit(bm, site, xr, cs, with_control=False)
-                    rows += ctx.score_rows(baseline_name("random_model", bm), site, task, xr, eval_splits)
+                    row = baseline_name("random_model", bm)
+                    task, _ = ctx.fit(bm, site, xr, cs, with_control=False, row=row)
+                    rows += ctx.score_rows(row, site, task, xr, eval_splits)
                     bar.update(1)
             if history_baseline:
                 bar.set_postfix_str("history (supervised GRU)")

@@ -45,8 +45,11 @@ class HarnessContext:
     skipped: dict[str, str]
 
     def fit(self, method: str, site: str, xs: Mapping[str, np.ndarray], cs: Sequence[Concept], *,
-            with_control: bool) -> tuple[dict[str, GridFit], dict[str, GridFit]]:
-        """Task fits (grid chosen on val) and, if asked, control fits at the task's chosen grid points."""
+            with_control: bool, row: str | None = None) -> tuple[dict[str, GridFit], dict[str, GridFit]]:
+        """Task fits (grid chosen on val) and, if asked, control fits at the task's chosen grid points. ``row`` is the
+        row method of these fits (default ``method``; a baseline's :func:`probes.harness.baseline_name`): skips are
+        listed under ``<row>/<site>/<concept>``, so a baseline's skip neither hides nor is hidden by the main fit's."""
+        row = row or method
         n = xs["train"].shape[0]
         limit = self.max_rows.get(method)
         idx = np.arange(n) if limit is None or n <= limit else np.sort(np.random.default_rng(self.seed).choice(n, limit, replace=False))
@@ -55,7 +58,7 @@ class HarnessContext:
         ok = [c for c in cs if varies(c, self.labels["train"][c.name][idx])]
         for c in cs:
             if c not in ok:
-                self.skipped[f"{method}/{site}/{c.name}"] = "one class in the subsampled training rows"
+                self.skipped[f"{row}/{site}/{c.name}"] = "one class in the subsampled training rows"
         ys = {c.name: as_tensor(self.labels["train"][c.name][idx]) for c in ok}
         yv = {c.name: as_tensor(self.labels["val"][c.name]) for c in ok}
         kw = dict(device=self.device, dtype=self.dtype)
@@ -65,7 +68,7 @@ class HarnessContext:
         cc = [c for c in ok if varies(c, self.ctrl["train"][c.name][idx])]
         for c in ok:
             if c not in cc:
-                self.skipped[f"{method}/{site}/{c.name}/control"] = "control labels have one class in training"
+                self.skipped[f"{row}/{site}/{c.name}/control"] = "control labels have one class in training"
         if not cc:
             return task, {}
         yc = {c.name: as_tensor(self.ctrl["train"][c.name][idx]) for c in cc}

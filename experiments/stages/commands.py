@@ -4,7 +4,8 @@ Each runs one stage of ``ontolab run`` on inputs the user names, and checks ever
 work, each problem a one-line :class:`~experiments.config.ConfigError`:
 
 * ``ontolab probe [CONFIG] data=PATH checkpoint=PATH out=PATH [key=value ...]`` -- the probe stage on a
-  dataset and a trained model (``checkpoint=``: a ``.ckpt`` file or a folder made by ``ontolab train``).
+  dataset (``data=``: a folder made by ``ontolab collect``, or a run's data stage folder ``RUN/data``, whose
+  ``dataset/`` it reads) and a trained model (``checkpoint=``: a ``.ckpt`` file or a folder made by ``ontolab train``).
   The checkpoint decides the model and its hyperparameters and the dataset the world, unless the config
   says otherwise (then they must agree). ``dynamics=`` stays the model *name*, as in every command.
 * ``ontolab plan [CONFIG] run=RUN_DIR | checkpoint=PATH ontology=PATH out=PATH`` -- the planning stage
@@ -25,8 +26,8 @@ import torch
 
 from experiments.config import ConfigError, load_yaml
 from experiments.provenance import write_config, write_json
-from experiments.schema import RunConfig, resolve
-from experiments.stages.inputs import checkpoint_of, ontology_dir
+from experiments.schema import RunConfig, replace, resolve
+from experiments.stages.inputs import checkpoint_of, dataset_of, ontology_dir
 
 
 # ------------------------------------------------------------------------------------ ontolab probe
@@ -66,7 +67,7 @@ def probe_inputs(args: list[str]) -> tuple[RunConfig, Path, Path, Path]:
     if ckpt_arg is None:
         raise ConfigError("`ontolab probe` needs a trained model: checkpoint=PATH (a .ckpt file or a folder made by "
                           "`ontolab train`)")
-    data = Path(data_arg).expanduser()
+    data = dataset_of(Path(data_arg).expanduser())  # a run's data stage folder (RUN/data) names its dataset/
     try:
         ds = TrajectoryDataset.open(data)  # verifies the checksums before any work
     except DatasetError as e:
@@ -77,11 +78,16 @@ def probe_inputs(args: list[str]) -> tuple[RunConfig, Path, Path, Path]:
                           "or a folder made by `ontolab train`")
     model = load_model(ckpt)  # a one-line CheckpointError if the file is not a dynamics checkpoint
     hparams = {k: v for k, v in model.hparams.items() if k not in ("obs_spec", "action_spec")}
+    configured = _configured_model(config_file, rest)
+    if configured is not None and configured != model.name:  # before resolving: the checkpoint's hparams are its model's
+        raise ConfigError(f"checkpoint {ckpt} holds a {model.name!r} model but dynamics.model={configured!r}; "
+                          f"drop dynamics= or pass dynamics={model.name}")
     base = {"world": {"name": ds.world_name}, "dynamics": {"model": model.name, "hparams": hparams}}
     cfg = resolve(rest, config_file, base)
+    cfg = replace(cfg, data=replace(cfg.data, path=str(data)))  # the dataset itself (config.yaml records it)
     if cfg.dynamics.model != model.name:
         raise ConfigError(f"checkpoint {ckpt} holds a {model.name!r} model but dynamics.model={cfg.dynamics.model!r}; "
-                          f"drop the setting or set dynamics={model.name}")
+                          f"drop dynamics= or pass dynamics={model.name}")
     fresh = build_for_dataset(cfg, ds)  # the random-model baseline must share the checkpoint's architecture
     if (fresh.obs_spec, fresh.action_spec) != (model.obs_spec, model.action_spec):
         raise ConfigError(f"checkpoint {ckpt} was trained on observations {model.obs_spec.shape} and {model.action_spec}; "
@@ -94,6 +100,18 @@ def probe_inputs(args: list[str]) -> tuple[RunConfig, Path, Path, Path]:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out={cfg.out!r} is a file; give a folder for the probe outputs")
     return cfg, data, ckpt, out
+
+
+def _configured_model(config_file: str | None, overrides: list[str]) -> str | None:
+    """The ``dynamics.model`` a config file and overrides set (``dynamics=`` included), or None; malformed values are
+    left to :func:`~experiments.schema.resolve` to refuse."""
+    from experiments.config import merge, parse_overrides
+    from experiments.schema import ALIASES
+
+    data = merge(load_yaml(config_file) if config_file is not None else {}, parse_overrides(overrides, ALIASES))
+    section = data.get("dynamics")
+    model = section.get("model") if isinstance(section, dict) else None
+    return model if isinstance(model, str) else None
 
 
 def cmd_probe(args: list[str]) -> int:
@@ -295,9 +313,9 @@ def verify_inputs(args: list[str]) -> tuple[RunConfig, Path, Path, Path, Path]:
         base["dynamics"] = {"model": name, **(base.get("dynamics") or {})}
     cfg = resolve(overrides, config_file, base)
     if run is not None and not cfg.data.path:
-        data = run / "data" / "dataset" if (run / "data" / "dataset").is_dir() else run / "data"
+        data = dataset_of(run / "data")
     elif cfg.data.path:
-        data = Path(cfg.data.path)
+        data = dataset_of(Path(cfg.data.path).expanduser())  # a run's data stage folder names its dataset/
     else:
         raise ConfigError("`ontolab verify` with checkpoint= and ontology= needs data=DATASET (start states are "
                           "filtered from its episodes)")

@@ -13,6 +13,17 @@ def checkpoint_of(dynamics: Path) -> Path:
     return dynamics if dynamics.is_file() else dynamics / "checkpoints" / "last.ckpt"
 
 
+DATA_STAGE_DATASET = "dataset"
+"""Where a data stage's folder (``RUN/data`` of ``ontolab run``) holds its dataset."""
+
+
+def dataset_of(data: Path) -> Path:
+    """The dataset a data path names: ``dataset/`` in a data stage's folder (``RUN/data``), or the folder itself."""
+    data = Path(data)
+    inner = data / DATA_STAGE_DATASET
+    return inner if not (data / "manifest.json").exists() and inner.is_dir() else data
+
+
 def ontology_dir(probes: Path) -> Path:
     """The ontology folder a probes path names: ``ontology/`` in a probe stage's folder, or the folder itself."""
     probes = Path(probes)

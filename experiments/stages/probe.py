@@ -12,6 +12,11 @@ chosen among the sites the model's ``imagine`` produces (``planner_sites`` of
 imagined latents of the train split (:mod:`probes.imagined`, k = 1 .. ``probes.imagined_horizon`` or
 ``plan.horizon``), scored as rows ``<method>+imagined`` on ``test`` and ``imagined_k*``.
 
+Hyperparameters: ``probes.grids`` (null: :data:`probes.grids.DEFAULT_GRIDS`) gives a method's grid points, each
+chosen on the validation split; an mlp or sae point is laid over that method's default point
+(:func:`probes.grids.checked_grid` ``complete=True``), and the completed grids are recorded in ``harness.json``
+``settings.grids`` beside the chosen point per (method, site, concept) (``hparams``).
+
 Baselines (``probes.baseline_methods``, null: every method of ``probes.methods``): the observation and
 random-model baselines are fitted with each of those methods, rows ``observation`` / ``random_model``
 (linear) and ``observation:<method>`` / ``random_model:<method>`` (:func:`probes.harness.baseline_name`).
@@ -94,6 +99,7 @@ def run_probe(cfg: RunConfig, data_path: Path, dynamics_dir: Path, out: Path, *,
     ``.ckpt`` file); returns ``HarnessResult``."""
     from dynamics.training import load_model
     from probes import extract_latents, run_harness
+    from probes.grids import checked_grid
 
     p = cfg.probes
     ds = TrajectoryDataset.open(data_path, verify=False)
@@ -115,8 +121,9 @@ def run_probe(cfg: RunConfig, data_path: Path, dynamics_dir: Path, out: Path, *,
     fitted_methods = tuple(dict.fromkeys((*p.methods, *(p.baseline_methods or ()))))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    grids = {m: checked_grid(m, points, complete=True) for m, points in (p.grids or {}).items()}
     res = run_harness(store, ds.schema, p.methods, sites, concepts=concepts, seeds=p.seeds, n_boot=p.n_boot,
-                      seed=cfg.seed, random_store=random_store, control=p.control, mdl=p.mdl,
+                      seed=cfg.seed, random_store=random_store, control=p.control, mdl=p.mdl, grids=grids or None,
                       baseline_methods=p.baseline_methods,
                       max_train_rows=None if p.max_train_rows is None else {m: p.max_train_rows for m in fitted_methods if m != "linear"},
                       history_baseline=p.history, planner_sites=[s for s in sites if s in imaginable], progress=progress)

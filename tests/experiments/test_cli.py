@@ -108,3 +108,24 @@ def test_help_through_the_console_script(tmp_path):
         assert r.returncode == 0 and r.stderr == "", (r.returncode, r.stderr)
         assert r.stdout.startswith(f"usage:\n    ontolab {args[0]} ") and needle in r.stdout
     assert not any(tmp_path.iterdir())
+
+
+def test_train_data_may_name_a_runs_data_stage_folder(tmp_path, monkeypatch):
+    """`ontolab train data=RUN/data` trains on RUN/data/dataset (a run's data stage holds its dataset in dataset/);
+    a folder that is itself a dataset (holds manifest.json) is used as given."""
+    import types
+
+    import experiments.stages.train as train_stage
+    from experiments.cli import cmd_train
+
+    seen = []
+    monkeypatch.setattr(train_stage, "run_train", lambda cfg, data, out: seen.append(data) or types.SimpleNamespace(val_loss=0.0))
+    stage = tmp_path / "stage"
+    (stage / "dataset").mkdir(parents=True)
+    (stage / "dataset" / "manifest.json").write_text("{}")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "manifest.json").write_text("{}")
+    for given, expected in ((stage, stage / "dataset"), (stage / "dataset", stage / "dataset"), (plain, plain)):
+        assert cmd_train([f"data={given}", f"out={tmp_path / 'out'}"]) == 0
+        assert seen[-1] == expected

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.compare import chosen_site_rows, cmd_compare, leaderboard_rows, run_labels
+from experiments.compare import chosen_site_rows, cmd_compare, leaderboard_markdown, leaderboard_rows, run_labels
 from experiments.config import ConfigError
 
 ONTOLAB = shutil.which("ontolab") or str(Path(sys.executable).parent / "ontolab")
@@ -81,6 +81,18 @@ def test_per_method_baselines_come_along_and_sort_after_the_methods():
     assert [b["method"] for b in board] == ["linear", "mlp", "prior", "random_model", "random_model:mlp",
                                             "observation", "observation:mlp"]
     assert [b["chosen"] for b in board] == [True] + [False] * 6
+
+
+def test_leaderboard_shows_mdl_compression_only_where_mdl_ran():
+    rows = chosen_site_rows(summary()["probes"], {"has_key": "feat"})
+    assert "MDL compression" not in "\n".join(leaderboard_markdown({"r": rows}))
+    mdl = [row("linear", "feat", "has_key", "test", "compression", 3.2), row("linear", "deter", "has_key", "test", "compression", 1.1)]
+    rows = chosen_site_rows(summary()["probes"] + mdl, {"has_key": "feat"})
+    board = {b["method"]: b for b in leaderboard_rows({"r": rows})}
+    assert board["linear"]["compression"]["estimate"] == pytest.approx(3.2)  # the chosen site's, not deter's
+    assert board["mlp"]["compression"] is None
+    table = "\n".join(leaderboard_markdown({"r": rows}))
+    assert "| MDL compression |" in table and "3.200 [3.150, 3.250]" in table
 
 
 def test_run_labels_disambiguate_clashing_names(tmp_path):

@@ -95,6 +95,9 @@ def test_probe_command_writes_results_and_an_ontology(inputs, capsys):
     (["data={root}/ds", "checkpoint={root}/ds"], "holds no dynamics checkpoint"),
     (["data={root}/ds", "dynamics={root}/train"], "names the model kind .* checkpoint="),
     (["data={root}/ds", "checkpoint={root}/train", "dynamics=rssm"], "holds a 'gru' model but dynamics.model='rssm'"),
+    # spr has no `recon_balance`: the checkpoint's gru hparams used to be checked against spr first
+    (["data={root}/ds", "checkpoint={root}/train", "dynamics=spr"],
+     r"holds a 'gru' model but dynamics.model='spr'; drop dynamics= or pass dynamics=gru$"),
     (["data={root}/ds", "checkpoint={root}/train", "dynamics.hparams.deter=8"], r"other dynamics.hparams \(deter\)"),
     (["data={root}/ds", "checkpoint={root}/train", "probes.sites=[nowhere]"], "has no site"),
 ])
@@ -105,3 +108,45 @@ def test_bad_inputs_fail_in_one_line_before_any_output(inputs, args, match):
         cmd_probe([a.format(root=root) for a in args] + [f"out={out}", *TINY[:1]])
     assert "\n" not in str(e.value)
     assert not out.exists()
+
+
+def test_a_model_mismatch_is_named_before_the_configured_models_hparams_are_checked(inputs, tmp_path):
+    """An RSSM checkpoint with dynamics=gru: the checkpoint's hparams (stoch, classes...) are no gru hparams, but the
+    problem to report is the model mismatch, with the fix; a config file's dynamics.model is checked the same way."""
+    root, ds = inputs
+    torch.manual_seed(0)
+    model = build_model("rssm", {"shape": ds.obs_spec["shape"], "kind": ds.obs_spec["obs_kind"]},
+                        {"discrete": True, "n": ds.action_spec["n"]}, deter=HIDDEN, hidden=HIDDEN, embed=HIDDEN,
+                        stoch=4, classes=4)
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, META_KEY: model_meta(model),
+            "global_step": 0}
+    AtomicCheckpointIO().save_checkpoint(ckpt, tmp_path / "rssm.ckpt")
+    config = tmp_path / "gru.yaml"
+    config.write_text("dynamics:\n  model: gru\n")
+    for args in (["dynamics=gru"], [str(config)]):
+        with pytest.raises(ConfigError, match=r"holds a 'rssm' model but dynamics.model='gru'; drop dynamics= or pass "
+                                              r"dynamics=rssm$") as e:
+            cmd_probe([*args, f"data={root / 'ds'}", f"checkpoint={tmp_path / 'rssm.ckpt'}", f"out={tmp_path / 'out'}"])
+        assert "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_data_may_name_a_runs_data_stage_folder(inputs, tmp_path):
+    """`ontolab run` links RUN/data to the data stage's folder, which holds the dataset in dataset/: data=RUN/data
+    finds it (it used to say the dataset was incomplete and to re-collect it)."""
+    import shutil
+
+    from experiments.stages.commands import probe_inputs
+
+    root, ds = inputs
+    stage = tmp_path / "cache" / "data" / "0123abcd"
+    shutil.copytree(root / "ds", stage / "dataset")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "data").symlink_to(stage, target_is_directory=True)
+    for given in (tmp_path / "run" / "data", stage, stage / "dataset"):
+        cfg, data, _, _ = probe_inputs([f"data={given}", f"checkpoint={root / 'train'}", f"out={tmp_path / 'out'}", *TINY])
+        assert data.resolve() == (stage / "dataset").resolve() and cfg.data.path == str(data)  # config.yaml names it
+        assert TrajectoryDataset.open(data, verify=False).fingerprint == ds.fingerprint
+    (stage / "dataset" / "manifest.json").unlink()  # an incomplete dataset is still named as such
+    with pytest.raises(ConfigError, match=r"data=.*dataset/manifest.json is missing"):
+        probe_inputs([f"data={tmp_path / 'run' / 'data'}", f"checkpoint={root / 'train'}", f"out={tmp_path / 'out'}"])

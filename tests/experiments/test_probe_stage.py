@@ -36,8 +36,8 @@ CHECK_METRICS = ("state_consistency", "causal_sufficiency", "causal_sufficiency_
 
 
 @pytest.fixture(scope="module")
-def staged(tmp_path_factory):
-    """A tiny lavakeydoor dataset, an untrained GRU saved as `ontolab train` does, and the probe stage on them."""
+def inputs(tmp_path_factory):
+    """A tiny lavakeydoor dataset (``root/ds``) and an untrained GRU saved as `ontolab train` does (``root/train``)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("probe_stage")
     world = make_world("lavakeydoor", num_envs=8, seed=0, size=7)
@@ -52,6 +52,13 @@ def staged(tmp_path_factory):
     ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, META_KEY: model_meta(model),
             "global_step": 0}
     AtomicCheckpointIO().save_checkpoint(ckpt, root / "train" / "checkpoints" / "last.ckpt")
+    return root, ds
+
+
+@pytest.fixture(scope="module")
+def staged(inputs):
+    """The probe stage on :func:`inputs`."""
+    root, ds = inputs
     cfg = resolve(PROBES)
     res = run_probe(cfg, root / "ds", root / "train", root / "probes", progress=False)
     return root, ds, cfg, res
@@ -287,3 +294,38 @@ def test_baseline_methods_are_checked_at_start_up():
     assert resolve(PROBES).probes.baseline_methods is None
     with pytest.raises(ConfigError, match=r"probes.baseline_methods: unknown method\(s\) \['ridge'\]"):
         resolve([*PROBES, "probes.baseline_methods=[ridge]"])
+
+
+BAD_MLP = {"hidden": [2], "lr": 1e-5, "max_epochs": 1, "patience": 1}
+GOOD_MLP = {"hidden": [16], "max_epochs": 20}
+
+
+def test_a_configured_grid_reaches_the_harness_and_the_better_validation_point_is_chosen(inputs, tmp_path):
+    """probes.grids: two MLP points (the poor one first), each laid over the default point; harness.json records the
+    completed grid and the chosen point, which is the one with the higher validation score fitted alone."""
+    from probes import run_harness
+    from probes.extract import extract_latents
+    from probes.grids import DEFAULT_GRIDS
+
+    root, ds = inputs
+    off = ["probes.by_checkpoint=false", "probes.imagined_fit=false", "probes.state_consistency=false",
+           "probes.causal=false", "probes.history=false", "probes.baseline_methods=[]", "probes.concepts=[agent_row]"]
+    grid = "probes.grids={mlp: [" + ", ".join(json.dumps(p) for p in (BAD_MLP, GOOD_MLP)) + "]}"
+    cfg = resolve([*PROBES, "probes.methods=[mlp]", *off, grid])
+    run_probe(cfg, root / "ds", root / "train", tmp_path / "probes", progress=False)
+    saved = json.loads((tmp_path / "probes" / "harness.json").read_text())
+    default = {k: (list(v) if isinstance(v, tuple) else v) for k, v in DEFAULT_GRIDS["mlp"][0].items()}
+    points = [{**default, **p} for p in (BAD_MLP, GOOD_MLP)]
+    assert saved["settings"]["grids"]["mlp"] == points
+    # reference: each completed point fitted alone on the stage's cached latents
+    from dynamics.training import load_model
+
+    model = load_model(root / "train" / "checkpoints" / "last.ckpt")
+    store = extract_latents(model, ds, ["train", "val", "test"], ["deter"], tmp_path / "probes" / "latents", progress=False)
+    alone = [run_harness(store, ds.schema, ["mlp"], ["deter"], concepts=["agent_row"], grids={"mlp": [p]}, baselines=False,
+                         control=False, mdl=False, n_boot=20, progress=False).val_scores[("mlp", "deter", "agent_row")]
+             for p in points]
+    best = int(np.argmax(alone))
+    assert best == 1 and alone[1] > alone[0] + 0.2  # the second point: a choice was made, not the first kept
+    assert saved["hparams"]["mlp/deter/agent_row"] == points[best]
+    assert saved["val_scores"]["mlp/deter/agent_row"] == pytest.approx(alone[best])

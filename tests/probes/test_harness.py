@@ -252,3 +252,44 @@ def test_baseline_methods_choose_which_probes_the_baselines_use(planted):
     assert {r.method for r in prior_only.rows} == {"linear", "prior"}
     with pytest.raises(ProbeError, match=r"unknown baseline method\(s\) \['ridge'\]; allowed: linear, mlp, sae, sparse"):
         run_harness(st, schema, ["linear"], ["signal"], baseline_methods=["ridge"], **kw)
+
+
+BAD_MLP = {"hidden": (2,), "lr": 1e-5, "batch_size": 256, "max_epochs": 1, "patience": 1}
+GOOD_MLP = {"hidden": (16,), "lr": 3e-3, "batch_size": 256, "max_epochs": 20, "patience": 3}
+
+
+def test_a_given_grid_is_searched_and_the_better_validation_point_is_chosen(planted, tmp_path):
+    """Two MLP points, the poor one first: the choice is the point with the higher validation score, the same score
+    each point gets when fitted alone (the reference), and harness.json records the grid and the chosen point."""
+    kw = dict(concepts=["flag"], baselines=False, control=False, mdl=False, n_boot=20, progress=False)
+    st, schema, key = planted.store, planted.schema, ("mlp", "signal", "flag")
+    res = run_harness(st, schema, ["mlp"], ["signal"], grids={"mlp": [BAD_MLP, GOOD_MLP]}, **kw)
+    alone = [run_harness(st, schema, ["mlp"], ["signal"], grids={"mlp": [p]}, **kw).val_scores[key] for p in (BAD_MLP, GOOD_MLP)]
+    assert alone[1] > alone[0] + 0.1
+    assert res.hparams[key] == GOOD_MLP and res.val_scores[key] == max(alone)
+    import json
+
+    saved = json.loads((res.save(tmp_path / "probes") / "harness.json").read_text())
+    assert saved["settings"]["grids"]["mlp"] == [{**p, "hidden": list(p["hidden"])} for p in (BAD_MLP, GOOD_MLP)]
+    assert saved["hparams"]["mlp/signal/flag"]["hidden"] == [16]
+    with pytest.raises(ProbeError, match=r"grid point 0 of method 'mlp' has unknown hyperparameter\(s\) \['hiden'\]"):
+        run_harness(st, schema, ["mlp"], ["signal"], grids={"mlp": [{"hiden": (8,)}]}, **kw)
+
+
+def test_baseline_skips_are_listed_under_their_own_row_names(planted, tmp_path):
+    """A concept too rare for a capped method's subsample is skipped by the main fit AND by that method's baselines:
+    each skip under its own row name (a random-model skip used to overwrite the main fit's key, same site)."""
+    st = planted.store
+    concepts = {s: {n: np.array(v) for n, v in st.concepts(s).items()} for s in st.splits}
+    concepts["train"]["flag"] = np.zeros_like(concepts["train"]["flag"])
+    concepts["train"]["flag"][0] = 1  # one positive row: the concept varies, a 50-row subsample misses it
+    rare = LatentStore.from_arrays(
+        tmp_path / "rare", schema=planted.schema, concepts=concepts,
+        sites={s: {n: np.array(st.site(s, n)) for n in st.site_names} for s in st.splits},
+        episodes={s: np.array(st.episodes(s)) for s in st.splits}, obs={s: np.array(st.obs(s)) for s in st.splits})
+    res = run_harness(rare, planted.schema, ["sparse"], ["signal"], concepts=["flag", "level"], random_store=rare,
+                      max_train_rows={"sparse": 50}, control=False, mdl=False, n_boot=20, progress=False)
+    why = "one class in the subsampled training rows"
+    assert {k: v for k, v in res.skipped.items() if k.endswith("/flag")} == {
+        "sparse/signal/flag": why, "random_model:sparse/signal/flag": why, "observation:sparse/obs/flag": why}
+    assert ("sparse", "signal", "level") in res.fitted
