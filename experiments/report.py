@@ -374,8 +374,9 @@ def reward_eval_section(doc: dict[str, Any]) -> list[str]:
              "(probes) vs the true reward per step, for the total and each term (error = latent - true), and each "
              f"constraint's per-step violation as the probes read it vs the truth; 95% bootstrap CIs over episodes.{other} "
              "All numbers: `planning/reward_eval.csv`.", "",
-             _table(["ontology", "term", "MAE", "RMSE", "bias", "Pearson", "Spearman"],
-                    [[e["ontology"] + f" ({e['probe_method']})", t["label"], _ci(t["mae"]), _ci(t["rmse"]), _ci(t["bias"]),
+             _table(["ontology", "term", "MAE", "MAE of a constant at the true mean", "RMSE", "bias", "Pearson", "Spearman"],
+                    [[e["ontology"] + f" ({e['probe_method']})", t["label"], _ci(t["mae"]),
+                      _ci(t["constant_mae"]) if t.get("constant_mae") else "", _ci(t["rmse"]), _ci(t["bias"]),
                       *((_ci(e["pearson"]), _ci(e["spearman"])) if t is e["total"] else ("", ""))]
                      for e in evals for t in (e["total"], *e["terms"])])]
     cons = [(e, c) for e in evals for c in e["constraints"]]

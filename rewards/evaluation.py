@@ -6,7 +6,8 @@ held-out episodes (posterior latents of real observations, e.g. the ``test`` spl
 :class:`probes.LatentStore`) :func:`evaluate_reward` reports:
 
 * Pearson and Spearman correlation between latent and true reward per step;
-* MAE, RMSE and bias (mean of latent - true) of the total reward and of each top-level additive term
+* MAE, RMSE and bias (mean of latent - true) of the total reward and of each top-level additive term, beside
+  the MAE of a constant at the true term's mean (the reference a reading must beat)
   (``at_goal - 10 * in_lava - 0.01`` -> ``at_goal``, ``- 10 * in_lava``; terms that read no concept are
   constants, exactly equal on both sides, and left out);
 * per constraint, the per-step confusion of "the latent cost says violation" vs "the true cost says
@@ -169,9 +170,13 @@ class TermError:
     rmse: Estimate
     bias: Estimate
     """Mean of latent - true: > 0 when the probes overstate the term."""
+    constant_mae: Estimate
+    """MAE of a constant at the true term's mean over these steps: the reference a reading must beat to say
+    anything about where the term is high or low (an MAE above it reads the term worse than not reading it)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "mae": self.mae.as_json(), "rmse": self.rmse.as_json(), "bias": self.bias.as_json()}
+        return {"label": self.label, "mae": self.mae.as_json(), "rmse": self.rmse.as_json(), "bias": self.bias.as_json(),
+                "constant_mae": self.constant_mae.as_json()}
 
 
 @dataclass(frozen=True)
@@ -225,7 +230,7 @@ class RewardEvaluation:
 
         out = [row("correlation", "total", "pearson", self.pearson), row("correlation", "total", "spearman", self.spearman)]
         for kind, t in [("total", self.total), *(("term", t) for t in self.terms)]:
-            out += [row(kind, t.label, m, getattr(t, m)) for m in ("mae", "rmse", "bias")]
+            out += [row(kind, t.label, m, getattr(t, m)) for m in ("mae", "rmse", "bias", "constant_mae")]
         for c in self.constraints:
             out += [row("constraint", c.constraint, m, getattr(c, m))
                     for m in ("tp", "fp", "fn", "tn", "precision", "recall", "false_alarm_rate")]
@@ -287,7 +292,7 @@ def evaluate_reward(spec: RewardSpec, schema: ConceptSchema, latent: ConceptSour
     def error(label: str, latent_v: Tensor, true_v: Tensor) -> TermError:
         a, b = true_v.cpu().numpy(), latent_v.cpu().numpy()
         return TermError(label, bootstrap(MAE(), a, b, **boot), bootstrap(RMSE(), a, b, **boot),
-                         bootstrap(Bias(), a, b, **boot))
+                         bootstrap(Bias(), a, b, **boot), bootstrap(MAE(), a, np.full_like(a, a.mean()), **boot))
 
     r_lat, r_tru = out_lat.reward.cpu().numpy(), out_tru.reward.cpu().numpy()
     probability = set(spec.probability_costs())

@@ -65,7 +65,7 @@ def test_plan_stage_writes_reward_eval(run_dirs, tmp_path):
     assert c["constraint"] == "never in_lava" and c["tp"] + c["fp"] + c["fn"] + c["tn"] == 40
     assert ev["pearson"] == m["reward_eval"]["evaluations"][0]["pearson"]
     rows = list(csv.DictReader((tmp_path / "reward_eval.csv").open()))
-    assert tuple(rows[0]) == REWARD_EVAL_COLUMNS and len(rows) == 2 + 3 * 3 + 7
+    assert tuple(rows[0]) == REWARD_EVAL_COLUMNS and len(rows) == 2 + 4 * 3 + 7
     pearson = next(r for r in rows if r["metric"] == "pearson")
     assert float(pearson["estimate"]) == pytest.approx(ev["pearson"]["estimate"])
     md = "\n".join(reward_eval_section(on_disk))                   # the report's tables
