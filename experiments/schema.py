@@ -130,7 +130,7 @@ class ProbesSection:
                                     "check, rows 'causal_sufficiency_probe') and necessity (LEACE erasure vs a random "
                                     "subspace; every concept)")
     checks_episodes: int = field(200, help="test episodes (a seeded draw) for the state-consistency and causal checks")
-    causal_stride: int = field(4, help="start a causal-necessity rollout every this many steps")
+    causal_stride: int = field(4, help="start a causal-check rollout (necessity, probe-judged sufficiency) every this many steps")
     history: bool = field(True, help="the supervised history baseline: a small GRU trained on the labels over each "
                                      "episode's observations and actions (rows 'history'; an upper reference for "
                                      "any predictive latent; ~25 s on one core for the quickstart)")

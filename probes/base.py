@@ -139,15 +139,22 @@ class Probe(ABC):
         affine override this with :meth:`_folded_affine` (the normalisation folded into that map)."""
         return self._score(self.norm.apply(as_latents(x, "latents", self.norm.dim)))
 
-    def _folded_affine(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        """``x @ weight.T + bias`` for a map already folded with the normalisation (``[n k]``), refusing
-        non-finite latents: NaN/inf in a row reaches its outputs here (before any ReLU could hide an inf),
-        so only a non-finite output scans ``x`` to name the rows -- scanning every ``[n d]`` input cost the
-        planner more than the probe itself."""
-        h = torch.addmm(bias, x.to(weight.dtype), weight.T)
+    def _folded_affine(self, x: Tensor, weight: Tensor, bias: Tensor, shift: Tensor | None) -> Tensor:
+        """``(x - shift) @ weight.T + bias`` for a map folded with the normalisation (:meth:`Normalizer.fold`;
+        ``[n k]``), refusing non-finite latents: NaN/inf in a row reaches its outputs here (before any ReLU could
+        hide an inf), so only a non-finite output scans ``x`` to name the rows -- scanning every ``[n d]`` input
+        cost the planner more than the probe itself."""
+        xs = x.to(weight.dtype) if shift is None else x.to(weight.dtype) - shift
+        h = torch.addmm(bias, xs, weight.T)
         if not bool(torch.isfinite(h).all()):
             as_latents(x, "latents", self.norm.dim)  # raises, naming the NaN/inf rows, when the input is at fault
         return h
+
+    def _fold(self, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """:meth:`Normalizer.fold` of this probe's first affine map, as plain tensors even when first called
+        under ``torch.inference_mode`` (cached by the subclasses; gradients through ``score`` must still work)."""
+        with torch.inference_mode(False), torch.no_grad():
+            return self.norm.fold(weight, bias)
 
     def score(self, x: Tensor) -> Tensor:
         """Binary ``[n]`` logit; categorical ``[n k]`` logits; scalar ``[n]`` values (non-finite latents refused)."""

@@ -40,8 +40,8 @@ class LinearProbe(Probe):
         return s if self.concept.kind == "categorical" else s[:, 0]
 
     @functools.cached_property
-    def _folded(self) -> tuple[Tensor, Tensor]:
-        return self.norm.fold(self.weight, self.bias)
+    def _folded(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        return self._fold(self.weight, self.bias)
 
     def _score_raw(self, x: Tensor) -> Tensor:
         s = self._folded_affine(x, *self._folded)

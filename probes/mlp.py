@@ -34,8 +34,8 @@ class MLPProbe(Probe):
         return self._rest(z @ self.weights[0].T + self.biases[0])
 
     @functools.cached_property
-    def _folded(self) -> tuple[Tensor, Tensor]:
-        return self.norm.fold(self.weights[0], self.biases[0])
+    def _folded(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        return self._fold(self.weights[0], self.biases[0])
 
     def _score_raw(self, x: Tensor) -> Tensor:
         return self._rest(self._folded_affine(x, *self._folded))

@@ -134,8 +134,8 @@ class SAEProbe(Probe):
         return s if self.concept.kind == "categorical" else s[:, 0]
 
     @functools.cached_property
-    def _folded(self) -> tuple[Tensor, Tensor]:
-        return self.norm.fold(self.enc, self.enc_bias)
+    def _folded(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        return self._fold(self.enc, self.enc_bias)
 
     def _score_raw(self, x: Tensor) -> Tensor:
         s = torch.relu(self._folded_affine(x, *self._folded)) * self.a + self.c

@@ -225,3 +225,29 @@ def test_score_folds_the_normalisation_and_still_refuses_non_finite_latents(meth
         x_bad[7, 2] = bad
         with pytest.raises(ProbeError, match="latents must be finite, got NaN/inf in 1 of 50 rows"):
             p.score(x_bad)
+
+
+@pytest.mark.parametrize("method", ["linear", "mlp", "sae"])
+def test_a_probe_first_scored_in_inference_mode_still_gives_gradients(method):
+    """The folded map is cached on first use; made under ``torch.inference_mode`` (as a planner scores) it must
+    not turn later gradients through ``score`` (the gradient edit of the causal checks) into an error."""
+    x, y = data(BIN)
+    p = make_fitter(method, BIN, **FAST[method]).fit(x[:240], y[:240], x[240:], y[240:])
+    with torch.inference_mode():
+        p.predict(x[:10])
+    z = x[:10].clone().requires_grad_(True)
+    p.score(z).sum().backward()
+    assert z.grad is not None and bool(torch.isfinite(z.grad).all()) and float(z.grad.abs().sum()) > 0
+
+
+def test_saturated_dimensions_keep_float32_logits_exact():
+    """A dimension with a tiny training std and a non-zero mean (a saturated unit) made the folded bias cancel
+    two large terms: logits off by 0.14. Such dims are centred instead; the logits match float64."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 16, generator=g)
+    x[:, :4] = 0.999 + 1e-5 * torch.randn(4000, 4, generator=g)  # |mean| / std ~ 1e5
+    y = (x[:, 0] > 0.999).long()
+    p = LinearFitter(BIN).fit(x[:3000], y[:3000])
+    w, b = p.weight.double(), p.bias.double()
+    reference = (((x[3000:].double() - p.norm.mean.double()) / p.norm.std.double()) @ w.T + b)[:, 0]
+    assert float((p.score(x[3000:]).double() - reference).abs().max()) < 1e-4
