@@ -29,7 +29,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import re
 import sys
 from collections import Counter
@@ -41,7 +40,7 @@ from experiments.config import ConfigError
 from experiments.plots import (NothingToPlot, base_method, main_metric, markdown_plots, methods_order, planning_label,
                                plot_accuracy_vs_selectivity, plot_by_checkpoint, plot_imagination, plot_open_loop,
                                plot_planning, plot_probe_metrics, run_plot_jobs)
-from experiments.provenance import atomic_write_text, write_json
+from experiments.provenance import atomic_write_text
 
 CHOSEN = "chosen"
 """Site name given to rows read at the ontology's chosen site (sites differ per concept and per run)."""
@@ -260,26 +259,14 @@ def track_compare(out: str | Path, run_dirs: Sequence[str | Path], *, mode: str 
                   init_timeout: float | None = None) -> Any:
     """Log the comparison in folder ``out`` (made by :func:`compare_runs`) to one wandb run; writes
     ``out/tracking.json`` and returns the :class:`~experiments.tracking.TrackingResult` (see the module docstring)."""
-    from experiments.tracking import INIT_TIMEOUT_S, TrackingResult, effective_mode, open_run
+    from experiments.tracking import track
 
     out = Path(out)
-    mode = effective_mode(mode)
-    if mode == "disabled":
-        result = TrackingResult("disabled")
-        write_json(result.to_dict(), out / "tracking.json")
-        return result
-    os.environ.setdefault("WANDB_SILENT", "true")
-    import wandb
-
-    timeout = float(init_timeout if init_timeout is not None else os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT_S))
     runs = [Path(p) for p in run_dirs]
     config = {"runs": dict(zip(run_labels(runs), (str(p.resolve()) for p in runs))), "out": str(out.resolve())}
-    run, mode, fallback = open_run(wandb, mode, out, project, f"compare-{out.resolve().name}", config, timeout,
-                                   job_type="ontolab-compare")
-    logged: list[str] = []
-    status = 1
-    try:
-        tables = {}
+
+    def log(wandb: Any, run: Any) -> list[str]:
+        logged, tables = [], {}
         for key, name in (("compare/results", "compare.csv"), ("compare/leaderboard", "leaderboard.csv")):
             cols, rows = _read_table(out / name)
             if rows:
@@ -291,13 +278,10 @@ def track_compare(out: str | Path, run_dirs: Sequence[str | Path], *, mode: str 
         if pngs:
             run.log({f"plots/{p.stem}": wandb.Image(str(p), caption=p.stem) for p in pngs})
             logged += [f"image:{p.stem}" for p in pngs]
-        status = 0
-    finally:
-        run.finish(exit_code=status)
-    result = TrackingResult(mode, run.id, str(Path(run.dir).parent) if getattr(run, "dir", None) else None,
-                            fallback, tuple(logged))
-    write_json(result.to_dict(), out / "tracking.json")
-    return result
+        return logged
+
+    return track(mode, out, project, f"compare-{out.resolve().name}", config, log, init_timeout=init_timeout,
+                 job_type="ontolab-compare")
 
 
 def cmd_compare(args: list[str]) -> int:

@@ -34,7 +34,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from experiments.provenance import write_json
 
@@ -168,6 +168,37 @@ def open_run(wandb: Any, mode: str, folder: Path, project: str, name: str, confi
         return _init(wandb, "offline", folder, project, name, config, timeout, job_type), "offline", fallback
 
 
+def track(mode: str, folder: Path, project: str, name: str, config: Mapping[str, Any],
+          log: Callable[[Any, Any], list[str]], *, init_timeout: float | None = None, job_type: str = "ontolab-run",
+          offline_reason: str | None = None) -> TrackingResult:
+    """One wandb run logging into ``folder/wandb``; writes ``folder/tracking.json`` and returns the result.
+
+    ``mode`` (``effective_mode``) ``disabled`` logs nothing; otherwise :func:`open_run` starts the run (online falls
+    back to offline), ``log(wandb, run)`` logs and returns what it logged, and the run is finished with exit code 0,
+    or 1 when ``log`` raised (the error propagates)."""
+    mode = effective_mode(mode)
+    if mode == "disabled":
+        result = TrackingResult("disabled")
+        write_json(result.to_dict(), folder / "tracking.json")
+        return result
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    timeout = float(init_timeout if init_timeout is not None else os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT_S))
+    run, mode, fallback = open_run(wandb, mode, folder, project, name, dict(config), timeout, job_type=job_type,
+                                   offline_reason=offline_reason)
+    status = 1
+    try:
+        logged = log(wandb, run)
+        status = 0
+    finally:
+        run.finish(exit_code=status)
+    result = TrackingResult(mode, run.id, str(Path(run.dir).parent) if getattr(run, "dir", None) else None,
+                            fallback, tuple(logged))
+    write_json(result.to_dict(), folder / "tracking.json")
+    return result
+
+
 def track_run(cfg: Any, summary: Mapping[str, Any], run_dir: str | Path, *, plots: Mapping[str, Any] | None = None,
               init_timeout: float | None = None, offline_reason: str | None = None) -> TrackingResult:
     """Log the finished run folder ``run_dir`` to one wandb run (see the module docstring); writes ``tracking.json``.
@@ -180,24 +211,13 @@ def track_run(cfg: Any, summary: Mapping[str, Any], run_dir: str | Path, *, plot
     from experiments.config import to_dict
 
     run_dir = Path(run_dir)
-    mode = effective_mode(cfg.wandb.mode)
-    if mode == "disabled":
-        result = TrackingResult("disabled")
-        write_json(result.to_dict(), run_dir / "tracking.json")
-        return result
-    os.environ.setdefault("WANDB_SILENT", "true")
-    import wandb
-
-    timeout = float(init_timeout if init_timeout is not None else os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT_S))
     train_run = run_dir / "dynamics" / "run.json"
     config = {**to_dict(cfg), "fingerprints": dict(summary.get("fingerprints") or {}),
               "training_wandb_run_id": json.loads(train_run.read_text()).get("wandb_run_id") if train_run.is_file() else None,
               "run_dir": str(run_dir.resolve())}
-    run, mode, fallback = open_run(wandb, mode, run_dir, cfg.wandb.project, run_dir.resolve().name, config, timeout,
-                                   offline_reason=offline_reason)
-    logged: list[str] = []
-    status = 1
-    try:
+
+    def log(wandb: Any, run: Any) -> list[str]:
+        logged = []
         run.summary.update(summary_scalars(summary))
         logged.append("summary")
         tables = {k: wandb.Table(columns=cols, data=rows) for k, (cols, rows) in _tables(summary).items()}
@@ -214,10 +234,7 @@ def track_run(cfg: Any, summary: Mapping[str, Any], run_dir: str | Path, *, plot
             art.add_reference(path.as_uri(), checksum=checksum)
             run.log_artifact(art)
             logged.append(f"artifact:{art_name}")
-        status = 0
-    finally:
-        run.finish(exit_code=status)
-    result = TrackingResult(mode, run.id, str(Path(run.dir).parent) if getattr(run, "dir", None) else None,
-                            fallback, tuple(logged))
-    write_json(result.to_dict(), run_dir / "tracking.json")
-    return result
+        return logged
+
+    return track(cfg.wandb.mode, run_dir, cfg.wandb.project, run_dir.resolve().name, config, log,
+                 init_timeout=init_timeout, offline_reason=offline_reason)
