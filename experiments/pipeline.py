@@ -3,9 +3,10 @@
 The run folder holds ``config.yaml`` (resolved), one entry per stage (a link to the stage's cached
 output, see :mod:`experiments.cache`), ``summary.json``, ``report.md`` with its ``plots/``, and
 ``tracking.json`` beside the run's wandb files in ``wandb/`` (see :mod:`experiments.tracking`).
-Stages are cached under a fingerprint of their config section and of the fingerprints of what they
-consume, so a rerun skips finished stages, another probe method reuses the dataset and the model,
-and a changed world setting redoes everything downstream.
+Stages are cached under a fingerprint of their config section, of the code they run and of the
+fingerprints of what they consume, so a rerun skips finished stages, another probe method reuses the
+dataset and the model, a changed world setting redoes everything downstream, and so does a change to
+a stage's code (an edit in ``probes/`` redoes the probe stage on, never the dataset or the model).
 """
 
 from __future__ import annotations
@@ -24,14 +25,23 @@ import yaml
 
 from dynamics.registry import model_config
 from experiments.cache import StageResult, run_lock, run_stage
+from experiments.code_fingerprint import code_fingerprint
 from experiments.config import ConfigError, to_dict
 from experiments.provenance import write_config, write_json
 from worlds.dataset.manifest import code_version
 from experiments.schema import RunConfig
 
 
-# Bump a stage's version when what it writes changes: its cached outputs are then redone.
+# Bump a stage's version when what it writes changes: its cached outputs are then redone. (A change to the
+# code a stage runs redoes it anyway: its code fingerprint is in the key, see STAGE_MODULES.)
 STAGE_VERSIONS = {"data": 1, "dynamics": 3, "probes": 2, "planning": 1, "verify": 1}
+
+STAGE_MODULES = {"data": "experiments.stages.collect", "dynamics": "experiments.stages.train",
+                 "probes": "experiments.stages.probe", "planning": "experiments.stages.plan",
+                 "verify": "experiments.stages.verify"}
+"""The module each stage runs: the fingerprint of its import closure (:mod:`experiments.code_fingerprint`)
+is part of the stage's cache key, so editing e.g. ``probes/`` redoes the probe stage and those after it,
+and reuses the dataset and the trained model."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +97,8 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> RunResult:
     """Run every stage of ``cfg`` into ``cfg.out``; finished stages are reused.
 
     Each stage is one ``stage(name, section, inputs, build)`` call below: its cache key is its config
-    section (plus seed and :data:`STAGE_VERSIONS` entry) and the fingerprints of the stages it reads.
+    section (plus seed, :data:`STAGE_VERSIONS` entry and the fingerprint of the code it runs,
+    :data:`STAGE_MODULES`) and the fingerprints of the stages it reads.
     A new stage is one more call (and a version entry); :func:`finish_run` then writes the summary,
     the report with its plots, and the wandb run.
     """
@@ -108,7 +119,8 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> RunResult:
 
     def stage(name: str, section: dict[str, Any], inputs: dict[str, str], build, **kwargs: Any) -> StageResult:
         """Run (or reuse) stage ``name`` and link it into the run folder."""
-        section = {**section, "seed": cfg.seed, "version": STAGE_VERSIONS[name]}
+        section = {**section, "seed": cfg.seed, "version": STAGE_VERSIONS[name],
+                   "code": code_fingerprint(STAGE_MODULES[name])}
         stages[name] = run_stage(cache, name, section, inputs, build, **kwargs)
         _link(out, name, stages[name].path)
         return stages[name]

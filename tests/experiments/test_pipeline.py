@@ -78,7 +78,7 @@ def test_quickstart_command_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_stages_are_cached_and_invalidated(tmp_path):
+def test_stages_are_cached_and_invalidated(tmp_path, monkeypatch):
     first = run_pipeline(tiny(tmp_path), progress=False)
     assert not any(s.reused for s in first.stages.values())
     again = run_pipeline(tiny(tmp_path), progress=False)
@@ -94,3 +94,15 @@ def test_stages_are_cached_and_invalidated(tmp_path):
     # another probe method reuses the dataset and the model
     probe = run_pipeline(tiny(tmp_path / "d", f"cache_dir={tmp_path / 'cache'}", "probes.methods=[linear]"), progress=False)
     assert probe.stages["data"].reused and probe.stages["dynamics"].reused and not probe.stages["probes"].reused
+    # changed probe code (the probe stage's code fingerprint) redoes the probe stage and those after it, never
+    # the dataset or the model; the same config and code again reuses everything
+    import experiments.pipeline as pipeline
+
+    real = pipeline.code_fingerprint
+    monkeypatch.setattr(pipeline, "code_fingerprint",
+                        lambda module: real(module) + ("-edited" if module in (pipeline.STAGE_MODULES["probes"],
+                                                                               pipeline.STAGE_MODULES["planning"],
+                                                                               pipeline.STAGE_MODULES["verify"]) else ""))
+    edited = run_pipeline(tiny(tmp_path), progress=False)
+    assert edited.stages["data"].reused and edited.stages["dynamics"].reused
+    assert not any(edited.stages[s].reused for s in ("probes", "planning", "verify"))
