@@ -102,7 +102,8 @@ def cmd_train(args: list[str]) -> int:
     from experiments.stages.inputs import dataset_of
 
     result = run_train(cfg, dataset_of(Path(cfg.data.path).expanduser()), out)  # RUN/data names its dataset/
-    print(f"checkpoints and metrics.json in {out} (val loss {result.val_loss:.4g})")
+    if result.is_global_zero:  # not once per DDP process
+        print(f"checkpoints and metrics.json in {out} (val loss {result.val_loss:.4g})")
     return 0
 
 
@@ -116,7 +117,8 @@ def cmd_run(args: list[str], default_config: str | None = None) -> int:
     cfg = resolve(overrides, config_file)
     pin_threads(cfg)
     result = run_pipeline(cfg)
-    print_summary(result.summary, result.out)
+    if not result.worker:  # a DDP helper process prints nothing
+        print_summary(result.summary, result.out)
     return 0
 
 

@@ -49,6 +49,8 @@ class RunResult:
     out: Path
     stages: dict[str, StageResult]
     summary: dict[str, Any]
+    worker: bool = False
+    """True in a DDP helper process (:func:`run_training_worker`): it only helped train; no summary."""
 
 
 def cache_dir(cfg: RunConfig) -> Path:
@@ -93,6 +95,22 @@ def _link(run_dir: Path, name: str, target: Path) -> None:
     os.replace(tmp, link)
 
 
+def stage_key(cfg: RunConfig, name: str, section: dict[str, Any]) -> dict[str, Any]:
+    """The config part of stage ``name``'s cache key: its section, the seed, its version and its code."""
+    return {**section, "seed": cfg.seed, "version": STAGE_VERSIONS[name], "code": code_fingerprint(STAGE_MODULES[name])}
+
+
+def data_section(cfg: RunConfig) -> dict[str, Any]:
+    return {"world": to_dict(cfg.world), "data": to_dict(cfg.data)}
+
+
+def dynamics_section(cfg: RunConfig) -> dict[str, Any]:
+    dyn = {k: v for k, v in to_dict(cfg.dynamics).items() if k not in ("resume",)}
+    # the model's full hyperparameters, defaults included: a changed default retrains instead of reusing
+    dyn["resolved_hparams"] = dataclasses.asdict(model_config(cfg.dynamics.model, **cfg.dynamics.hparams))
+    return {"dynamics": dyn}
+
+
 def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> RunResult:
     """Run every stage of ``cfg`` into ``cfg.out``; finished stages are reused.
 
@@ -107,6 +125,8 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> RunResult:
     from experiments.stages.probe import run_probe
     from experiments.stages.verify import run_verify
 
+    if launched_rank() > 0:  # a DDP process that Lightning (or torchrun / srun) started to help train
+        return run_training_worker(cfg)
     out = check_run_folder(cfg)
     given_data = None
     if cfg.data.path:  # a damaged or missing dataset is refused before the run folder is touched
@@ -119,9 +139,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> RunResult:
 
     def stage(name: str, section: dict[str, Any], inputs: dict[str, str], build, **kwargs: Any) -> StageResult:
         """Run (or reuse) stage ``name`` and link it into the run folder."""
-        section = {**section, "seed": cfg.seed, "version": STAGE_VERSIONS[name],
-                   "code": code_fingerprint(STAGE_MODULES[name])}
-        stages[name] = run_stage(cache, name, section, inputs, build, **kwargs)
+        stages[name] = run_stage(cache, name, stage_key(cfg, name, section), inputs, build, **kwargs)
         _link(out, name, stages[name].path)
         return stages[name]
 
@@ -133,14 +151,10 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> RunResult:
             _link(out, "data", stages["data"].path)
             data_path = Path(cfg.data.path)
         else:
-            stage("data", {"world": to_dict(cfg.world), "data": to_dict(cfg.data)}, {},
-                  lambda tmp: run_collect(cfg, tmp / "dataset", progress=progress))
+            stage("data", data_section(cfg), {}, lambda tmp: run_collect(cfg, tmp / "dataset", progress=progress))
             data_path = stages["data"].path / "dataset"
 
-        dyn_section = {k: v for k, v in to_dict(cfg.dynamics).items() if k not in ("resume",)}
-        # the model's full hyperparameters, defaults included: a changed default retrains instead of reusing
-        dyn_section["resolved_hparams"] = dataclasses.asdict(model_config(cfg.dynamics.model, **cfg.dynamics.hparams))
-        stage("dynamics", {"dynamics": dyn_section}, {"data": stages["data"].fingerprint},
+        stage("dynamics", dynamics_section(cfg), {"data": stages["data"].fingerprint},
               lambda tmp: train_with_fallback(cfg, data_path, tmp, progress, notes),
               resumable=True, resume=cfg.dynamics.resume)
         stage("probes", {"probes": to_dict(cfg.probes)},
@@ -186,6 +200,70 @@ def train_with_fallback(cfg: RunConfig, data_path: Path, tmp: Path, progress: bo
             child.unlink()
     offline = dataclasses.replace(cfg, wandb=dataclasses.replace(cfg.wandb, mode="offline"))
     return run_train(offline, data_path, tmp, progress=progress)
+
+
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
+"""Where launchers put a process's rank: torchrun (RANK), srun (SLURM_PROCID), Lightning's own launcher of the
+other processes on a node (LOCAL_RANK, NODE_RANK)."""
+
+
+def launched_rank() -> int:
+    """0 for the process a user started; > 0 for a process a DDP launcher started to help train (from the
+    environment, read before anything is done: torchrun's ``RANK``, srun's ``SLURM_PROCID``, Lightning's
+    ``NODE_RANK`` / ``LOCAL_RANK``). A malformed value counts as 0."""
+    if "RANK" in os.environ or "SLURM_PROCID" in os.environ:
+        name = "RANK" if "RANK" in os.environ else "SLURM_PROCID"
+        return int(os.environ[name]) if os.environ[name].strip().isdigit() else 0
+    ranks = [os.environ.get(k, "0").strip() for k in ("NODE_RANK", "LOCAL_RANK")]
+    return sum(int(r) for r in ranks if r.isdigit())
+
+
+def run_training_worker(cfg: RunConfig, *, poll_s: float = 0.5, timeout_s: float = 3600.0) -> RunResult:
+    """What ``ontolab run`` does in a DDP process of rank > 0: train with rank 0, then stop.
+
+    Lightning's DDP launcher starts the other processes by running the same command again (torchrun and srun
+    start every process at once); each would otherwise run the whole pipeline -- take the run-folder lock
+    (refused: rank 0 holds it), collect, and after training evaluate, probe and plan a second time. Here the
+    process takes no lock and writes nothing: it waits for rank 0's finished data stage, finds the dynamics
+    stage's folder under the same cache key, and trains in it as one more DDP process (Lightning lets only
+    rank 0 write). If the model is already cached, rank 0 trains nothing and this process has nothing to do.
+    """
+    from experiments.cache import MARKER, stage_fingerprint
+    from experiments.stages.train import run_train
+
+    cache = cache_dir(cfg)
+    started = time.time()
+    if cfg.data.path:
+        from worlds.dataset import TrajectoryDataset
+
+        data_path, data_fp = Path(cfg.data.path), TrajectoryDataset.open(cfg.data.path).fingerprint[:16]
+    else:
+        data_fp = stage_fingerprint("data", stage_key(cfg, "data", data_section(cfg)), {})
+        _wait_for(lambda: (cache / "data" / data_fp / MARKER).is_file(), "the data stage", poll_s, timeout_s)
+        data_path = cache / "data" / data_fp / "dataset"
+    dyn_fp = stage_fingerprint("dynamics", stage_key(cfg, "dynamics", dynamics_section(cfg)), {"data": data_fp})
+    final, partial = cache / "dynamics" / dyn_fp, cache / "dynamics" / f".{dyn_fp}.partial"
+    # Lightning's launcher starts this process from rank 0's trainer.fit, after rank 0 wrote run.json; torchrun /
+    # srun start it with rank 0, so a run.json older than this process is a killed run's leftover, not rank 0's
+    external = "RANK" in os.environ or "SLURM_PROCID" in os.environ
+
+    def ready() -> bool:
+        run_json = partial / "run.json"
+        return (final / MARKER).is_file() or (run_json.is_file() and (not external or run_json.stat().st_mtime >= started - 2))
+
+    _wait_for(ready, "rank 0 to start training", poll_s, timeout_s)
+    if not (final / MARKER).is_file():
+        run_train(cfg, data_path, partial, progress=False)
+    return RunResult(Path(cfg.out), {}, {}, worker=True)
+
+
+def _wait_for(done, what: str, poll_s: float, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise ConfigError(f"DDP process of rank {launched_rank()} waited {timeout_s:.0f} s for {what} of rank 0 "
+                              "in vain; is rank 0 running with the same config and cache_dir?")
+        time.sleep(poll_s)
 
 
 def _is_wandb_error(e: BaseException) -> bool:

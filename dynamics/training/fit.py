@@ -73,6 +73,9 @@ class TrainResult:
     wandb_run_id: str | None
     snapshots: Mapping[int, Path] = dataclasses.field(default_factory=dict)
     """``{step: checkpoints/snapshot-step=<step>.ckpt}`` of the requested snapshot steps that were reached."""
+    is_global_zero: bool = True
+    """False in the other processes of a multi-process (DDP) run: they write nothing, and the caller's own
+    follow-up work (evaluation, reports) belongs to the global-zero process only."""
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -304,6 +307,7 @@ def fit_dynamics(
         val_loss=metrics.get("val/loss", float("nan")), open_loop=open_loop, train_seconds=seconds,
         transitions_per_s=transitions / seconds if seconds > 0 else float("nan"), steps=steps, wandb_run_id=run_id,
         snapshots={k: p for k, p in list_snapshots(ckpt_dir).items() if k in set(snapshot_steps)},
+        is_global_zero=bool(trainer.is_global_zero),
     )
     if trainer.is_global_zero:
         record = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}

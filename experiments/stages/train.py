@@ -44,7 +44,8 @@ def run_train(cfg: RunConfig, data_path: Path, out: Path, *, progress: bool = Tr
         progress_bar=progress, snapshot_steps=snapshot_steps(d.snapshots, d.max_steps),
         on_ready=lambda: write_config(cfg, out / "config.yaml"),
     )
-    evaluate_stage(model, data_path, out, seed=cfg.seed)
+    if result.is_global_zero:  # the other DDP processes only helped train
+        evaluate_stage(model, data_path, out, seed=cfg.seed)
     return result
 
 
