@@ -146,7 +146,7 @@ def episode_windows(episodes: Sequence[Episode], length: int, stride: int | None
     starting at step 0; ``episode`` indexes ``episodes`` (pass it as ``groups`` to :func:`evaluate_open_loop`).
     ``position_concepts`` (e.g. ``("agent_row", "agent_col")``) adds ``"positions": int64[n length 2]`` from
     those concepts: the world cell at the centre of each egocentric view (``positions=`` of the evaluation)."""
-    stride = stride or length
+    stride = length if stride is None else stride  # not `or`: stride=0 is refused below, not read as `length`
     if position_concepts is not None and len(position_concepts) != 2:
         raise ValueError(f"position_concepts must name two concepts (row, column), got {position_concepts!r}")
     if length < 1 or stride < 1:
@@ -184,8 +184,8 @@ def _estimate(num: np.ndarray, den: np.ndarray, rng: np.random.Generator, resamp
     or, when no groups are given, over windows.
 
     ``statistic(num_sums, den_sums)`` replaces the ratio: ``num[n C]``, ``den[n C]`` per window, the statistic
-    maps sums over windows ``[... C]`` to ``[...]`` (e.g. :func:`macro_recall`); resamples where it is NaN are
-    skipped (``n_skipped``)."""
+    maps sums over windows ``[... C]`` to ``[...]`` (e.g. :func:`macro_recall`); resamples where it is NaN -- or,
+    for the plain ratio, where ``den`` sums to 0 -- are skipped (``n_skipped``)."""
     if groups is not None:
         _, g = np.unique(groups, return_inverse=True)
         num, den = _group_sum(num, g), _group_sum(den, g)
@@ -194,10 +194,14 @@ def _estimate(num: np.ndarray, den: np.ndarray, rng: np.random.Generator, resamp
         return Estimate(float("nan"), float("nan"), float("nan"), count=0)
     idx = rng.integers(0, len(num), size=(resamples, len(num)))
     if statistic is None:
-        boot = num[idx].sum(1) / np.maximum(den[idx].sum(1), 1e-12)
-        lo, hi = np.percentile(boot, [2.5, 97.5])
+        # A resample that drew no cell at all (e.g. only episodes without a rare class) has no ratio: it is
+        # skipped like an undefined statistic below, not counted as 0 (which pulled the lower end to 0).
+        boot_den = den[idx].sum(1)
+        ok = boot_den > 0
+        boot = num[idx].sum(1)[ok] / boot_den[ok]
+        lo, hi = np.percentile(boot, [2.5, 97.5]) if ok.any() else (float("nan"), float("nan"))
         return Estimate(float(num.sum() / total), float(lo), float(hi), n_boot=resamples, n_groups=len(num),
-                        count=int(total))
+                        n_skipped=int((~ok).sum()), count=int(total))
     point = statistic(num.sum(0), den.sum(0))
     boot = statistic(num[idx].sum(1), den[idx].sum(1))
     ok = np.isfinite(boot)

@@ -47,9 +47,11 @@ def vicreg_terms(z: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
     covariance penalty ``sum_{i != j} cov_ij^2 / d``."""
     n, d = z.shape
     z = z - z.mean(0)
-    std = torch.sqrt(z.var(0) + eps)
-    var = F.relu(1 - std).mean()
     cov = (z.T @ z) / max(n - 1, 1)
+    # The variances are cov's diagonal (unbiased for n >= 2, as VICReg's ``var(0)``); ``z.var(0)`` was NaN
+    # for a batch of one row (one window of one step), which made the whole SPR loss NaN.
+    std = torch.sqrt(cov.diagonal() + eps)
+    var = F.relu(1 - std).mean()
     off = cov.square().sum() - cov.diagonal().square().sum()
     return var, off / d
 
