@@ -7,8 +7,8 @@ length (bits) and compression over the orders with an interval from a bootstrap 
 orders (:func:`probes.mdl.mdl_estimates`).
 
 Scalar concepts are coded as their equal-mass bins (``n_bins`` quantile bins of the coded rows; the
-control labels use the same edges). Each block is coded by the probe method with the hyperparameters
-the task probe chose on validation.
+control labels use the same edges; only occupied bins are classes, so ``log2 K`` is an honest uniform
+code). Each block is coded by the probe method with the hyperparameters the task probe chose on validation.
 
 For the linear method all targets are coded together: the online code shuffles rows with the same
 permutation for every labelling of the same rows (it depends only on the seed and ``n``), so the
@@ -40,12 +40,22 @@ solve there only drives the weights (and the code length of the next block) towa
 
 def coded_concept(concept: Concept, y: np.ndarray, y_control: np.ndarray | None, n_bins: int
                   ) -> tuple[Concept, np.ndarray, np.ndarray | None]:
-    """The classification concept actually coded: scalars become their quantile bins (control binned alike)."""
+    """The classification concept actually coded: scalars become their quantile bins (control binned alike).
+
+    Only the OCCUPIED bins (by the task or the control labels) are classes: with tied values (integer scalars such
+    as ``agent_row``) a quantile edge equals a data value and the bin below it stays empty (``side="right"``), and an
+    empty bin would add ``log2 K`` bits to the uniform code only -- compression > 1 for a latent that knows nothing.
+    Fewer than two occupied bins (a constant): ``concept`` itself is returned (``num_classes`` 0: nothing to code)."""
     if concept.kind != "scalar":
         return concept, y.astype(np.int64), None if y_control is None else y_control.astype(np.int64)
     bins, edges = discretise_scalar(y, n_bins)
     ctrl = None if y_control is None else discretise_scalar(y_control, edges=edges)[0]
-    k = len(edges) + 1
+    used = np.unique(bins if ctrl is None else np.concatenate([bins, ctrl]))  # sorted: bin order is kept
+    bins = np.searchsorted(used, bins)
+    ctrl = None if ctrl is None else np.searchsorted(used, ctrl)
+    k = len(used)
+    if k < 2:  # a constant: nothing to code; the scalar concept (num_classes 0) tells the caller to skip it
+        return concept, bins, ctrl
     binned = Concept(concept.name, "categorical", f"{concept.name} in {k} quantile bins", classes=tuple(f"bin{i}" for i in range(k)))
     return binned, bins, ctrl
 

@@ -43,7 +43,7 @@ def observation_types(obs: Any) -> np.ndarray:
     return types.astype(np.int64).ravel()
 
 
-def control_labels(types: Any, y: Any, kind: str, seed: int = 0) -> np.ndarray:
+def control_labels(types: Any, y: Any, kind: str, seed: int = 0, donors: Any = None) -> np.ndarray:
     """Control labels ``[n]``: one label per type, drawn from the empirical distribution of ``y``.
 
     Args:
@@ -51,6 +51,9 @@ def control_labels(types: Any, y: Any, kind: str, seed: int = 0) -> np.ndarray:
         y: ``[n]`` the concept's true labels (any kind); their dtype is kept.
         kind: ``"binary"``, ``"categorical"`` or ``"scalar"`` (checked; sampling is the same for all).
         seed: the control task's seed (a different seed is a different control task).
+        donors: ``bool[n]`` mask of the rows whose labels may be drawn -- pass the TRAINING rows (Hewitt & Liang
+            sample from the training label distribution; held-out and OOD labels should not shape the control
+            task). ``None``: every row (the earlier behaviour, same draws for a seed).
     """
     if kind not in ("binary", "categorical", "scalar"):
         raise ValueError(f"kind must be 'binary', 'categorical' or 'scalar', got {kind!r}")
@@ -59,8 +62,15 @@ def control_labels(types: Any, y: Any, kind: str, seed: int = 0) -> np.ndarray:
         raise ValueError(f"types and y must both have shape (n,), got {t.shape} and {labels.shape}")
     if t.size == 0:
         return labels.copy()
+    pool = np.arange(len(labels))
+    if donors is not None:
+        mask = as_numpy(donors)
+        if mask.shape != t.shape or mask.dtype != bool or not mask.any():
+            raise ValueError(f"donors must be a bool mask of shape {t.shape} with at least one True (e.g. the training "
+                             f"rows), got dtype {mask.dtype} shape {mask.shape}")
+        pool = np.flatnonzero(mask)
     uniq, inverse = np.unique(t, return_inverse=True)
-    donor = np.random.default_rng(seed).integers(0, len(labels), size=len(uniq))  # one row per type
+    donor = pool[np.random.default_rng(seed).integers(0, len(pool), size=len(uniq))]  # one row per type
     return labels[donor][inverse.ravel()]
 
 

@@ -306,14 +306,18 @@ def _nonterminal_rows(ctx: HarnessContext, store: LatentStore, cs: Sequence[Conc
 
 
 def _control_labels(store: LatentStore, cs: Sequence[Concept], used: Sequence[str], seed: int) -> dict[str, dict[str, np.ndarray]]:
-    """Control labels per used split, from observation types computed once over ALL the store's splits."""
+    """Control labels per used split, from observation types computed once over ALL the store's splits; labels drawn from the train rows."""
     all_splits = store.splits
     types = observation_types(np.concatenate([np.asarray(store.obs(s)) for s in all_splits]))
     ends = np.cumsum([store.n(s) for s in all_splits])
+    # each type's label is drawn from the TRAINING rows (Hewitt & Liang): held-out and OOD label proportions
+    # must not shape the control task
+    train = np.concatenate([np.full(store.n(s), s == "train") for s in all_splits])
     out: dict[str, dict[str, np.ndarray]] = {s: {} for s in used}
     for c in cs:
         y_all = np.concatenate([np.asarray(store.concepts(s)[c.name]) for s in all_splits])
-        parts = np.split(control_labels(types, y_all, c.kind, seed=seed), ends[:-1])
+        parts = np.split(control_labels(types, y_all, c.kind, seed=seed, donors=train if train.any() else None),
+                         ends[:-1])
         for s, part in zip(all_splits, parts):
             if s in out:
                 out[s][c.name] = part

@@ -187,7 +187,9 @@ def discretise_scalar(y: Any, n_bins: int = 10, edges: Any = None) -> tuple[np.n
     """Scalar values -> ``(bin ids int64[n], edges[n_bins - 1])`` with equal-mass (quantile) bins.
 
     Pass the training ``edges`` back in to bin test values the same way. Tied values may merge
-    bins, so fewer than ``n_bins`` ids can occur; use ``len(edges) + 1`` as ``num_classes``."""
+    bins and leave some ids unused (a value equal to an edge goes to the bin above it, so with a tied
+    minimum bin 0 is empty); relabel to the occupied ids before coding (``np.unique(ids,
+    return_inverse=True)``) -- an empty bin inflates the uniform code ``log2 K`` and hence compression."""
     v = as_numpy(y).astype(np.float64)
     if v.ndim != 1:
         raise ValueError(f"y must have shape (n,), got {v.shape}")

@@ -113,10 +113,15 @@ class MacroF1(SumDecomposable):
 
 @dataclass(frozen=True)
 class R2(SumDecomposable):
-    """Coefficient of determination; NaN on a resample whose target is constant."""
+    """Coefficient of determination; NaN when the target is constant (the full sample or a resample).
+
+    scikit-learn's default (``force_finite=True``) would report 0.0 (or 1.0 for exact predictions) there: a number
+    for an undefined ratio, beside an all-NaN bootstrap."""
 
     def __call__(self, y_true, y_pred) -> float:
-        return float(skm.r2_score(as_numpy(y_true), as_numpy(y_pred)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v = float(skm.r2_score(as_numpy(y_true), as_numpy(y_pred), force_finite=False))
+        return v if np.isfinite(v) else float("nan")
 
     def row_stats(self, y_true, y_pred) -> np.ndarray:
         y, p = as_numpy(y_true).astype(np.float64), as_numpy(y_pred).astype(np.float64)

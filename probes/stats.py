@@ -19,7 +19,8 @@ Every resample is described by ``counts[b g]``: how many times episode ``g`` was
 
 Degenerate resamples (e.g. only one class present, so AUROC is undefined) make the metric return
 NaN; they are **skipped and counted** (``Estimate.n_skipped``), and the percentiles are taken over
-the remaining resamples. If more than half are degenerate the interval is NaN.
+the remaining resamples. If more than half are degenerate the interval is NaN. With a single episode
+the interval is NaN too: every resample would be the sample itself (a zero-width interval).
 
 Because the counts depend only on ``(seed, number of episodes, n_boot)``, two calls with the same
 seed and the same episodes are *paired* -- :func:`bootstrap_paired_difference` uses that.
@@ -162,11 +163,19 @@ def bootstrap(
     arrs = _check_arrays(arrays)
     codes, g = group_codes(groups, arrs[0].shape[0])
     point = float(metric_fn(*arrs))
+    if g < 2:
+        return _one_group(point, level, n_boot)
     values = resample_values(metric_fn, arrs, codes, draw_counts(g, n_boot, seed))
     lo, hi, skipped = percentile_interval(values, level)
     if getattr(metric_fn, "bias_corrected", False) and math.isfinite(lo):
         point, lo, hi = bias_corrected(point, values, lo, hi)
     return Estimate(point, lo, hi, level, n_boot, g, skipped)
+
+
+def _one_group(point: float, level: float, n_boot: int) -> Estimate:
+    """One episode: every resample is the sample itself, so a bootstrap would give a zero-width interval that
+    claims certainty; the between-episode variation cannot be estimated from one episode -- NaN bounds."""
+    return Estimate(point, math.nan, math.nan, level, n_boot, 1, 0)
 
 
 def bias_corrected(point: float, values: np.ndarray, lo: float, hi: float) -> tuple[float, float, float]:
@@ -198,6 +207,8 @@ def bootstrap_paired_difference(
     codes, g = group_codes(groups, a[0].shape[0])
     counts = draw_counts(g, n_boot, seed)
     point = float(metric_a(*a)) - float(metric_b(*b))
+    if g < 2:
+        return _one_group(point, level, n_boot)
     values = resample_values(metric_a, a, codes, counts) - resample_values(metric_b, b, codes, counts)
     lo, hi, skipped = percentile_interval(values, level)
     return Estimate(point, lo, hi, level, n_boot, g, skipped)
@@ -218,7 +229,8 @@ def bootstrap_seeds(
     and ``groups[s]`` their episode ids. Episode ids shared between seeds denote the same episode
     and are resampled together (crossed design: every seed evaluated on one test set); distinct ids
     are independent. Each resample draws episodes, then draws seeds with replacement, and averages
-    the metric over the drawn seeds -- so the interval holds both sources of variation.
+    the metric over the drawn seeds -- so the interval holds both sources of variation. A metric that
+    declares ``bias_corrected`` (ECE) is bias-corrected here as in :func:`bootstrap`.
     """
     _check_level(level, n_boot)
     if len(per_seed_arrays) != len(groups) or not per_seed_arrays:
@@ -230,6 +242,9 @@ def bootstrap_seeds(
             raise ValueError(f"groups[{s}] must have shape ({a[0].shape[0]},), got {gr.shape}")
     uniq, codes_all = np.unique(np.concatenate(grp), return_inverse=True)
     g, n_seeds = len(uniq), len(arrs)
+    point = float(np.mean([metric_fn(*a) for a in arrs]))
+    if g < 2:
+        return _one_group(point, level, n_boot)
     counts = draw_counts(g, n_boot, seed)
     splits = np.cumsum([len(gr) for gr in grp])[:-1]
     per_seed = np.stack(
@@ -237,8 +252,9 @@ def bootstrap_seeds(
     )  # [b s]
     seed_draws = np.random.default_rng([seed, 1]).integers(0, n_seeds, size=(n_boot, n_seeds))
     values = np.take_along_axis(per_seed, seed_draws, axis=1).mean(axis=1)
-    point = float(np.mean([metric_fn(*a) for a in arrs]))
     lo, hi, skipped = percentile_interval(values, level)
+    if getattr(metric_fn, "bias_corrected", False) and math.isfinite(lo):  # as bootstrap(): one seed or several,
+        point, lo, hi = bias_corrected(point, values, lo, hi)              # the same ECE is reported
     return Estimate(point, lo, hi, level, n_boot, g, skipped)
 
 
