@@ -303,8 +303,8 @@ def run_closed_loop(world: VectorWorld, policy: Policy, episodes: int, *, seed: 
     active = ep >= 0
     tic = time.perf_counter()
     policy.start(world, obs, np.ones(n, dtype=bool))
-    record(active, world.concepts())
     spent = (time.perf_counter() - tic) * 1e3
+    record(active, world.concepts())                         # evaluation only: not part of a decision's cost
     bar = tqdm(total=episodes, disable=not progress, desc=f"closed loop ({policy.name})", unit="episode")
     while active.any():
         tic = time.perf_counter()

@@ -35,14 +35,23 @@ def colored_noise(beta: float, n: int, horizon: int, dim: int, *, generator: tor
     Fourier coefficients scaled by ``f**(-beta/2)``, inverse real FFT, normalised to unit variance.
     Hand-written because that package is numpy-only and cannot draw from a ``torch.Generator`` on
     the planner's device.
+
+    Normalised to unit variance at EVERY step (over samples), which is what ``mean + std * eps``
+    needs for ``std`` to be the per-step standard deviation CEM fits. The package divides by the
+    within-series deviation instead, leaving out the DC term and half the Nyquist term: its
+    per-step variance is ~1.3 at ``beta = 2`` and 4 at ``horizon = 2``.
     """
     if horizon == 1 or beta == 0:
         return torch.randn((n, horizon, dim), device=device, dtype=dtype, generator=generator)
     f = torch.fft.rfftfreq(horizon, device=device, dtype=dtype).clamp(min=1.0 / horizon)   # [F]
     scale = f ** (-beta / 2.0)
-    w = scale[1:].clone()
-    w[-1] *= (1 + horizon % 2) / 2.0
-    sigma = 2.0 * torch.sqrt((w**2).sum()) / horizon
+    # Var x[k] = sum_f terms[f] / h**2: a complex bin adds 2 Re(X_f e^{i..}) (4 s_f**2); the real DC bin
+    # (and the real Nyquist bin of an even h) adds X_f alone, with variance 2 s_f**2 after the sqrt(2) below
+    terms = 4.0 * scale**2
+    terms[0] = 2.0 * scale[0] ** 2
+    if horizon % 2 == 0:
+        terms[-1] = 2.0 * scale[-1] ** 2
+    sigma = torch.sqrt(terms.sum()) / horizon
     real = torch.randn((n, dim, f.numel()), device=device, dtype=dtype, generator=generator) * scale
     imag = torch.randn((n, dim, f.numel()), device=device, dtype=dtype, generator=generator) * scale
     if horizon % 2 == 0:                                   # the Nyquist coefficient of a real signal is real

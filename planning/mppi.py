@@ -56,7 +56,8 @@ class MPPI(Planner):
             # 2. one batched imagine + reward call; constraints as a penalty on the violation
             scores = self.score(state, actions)
             s = scores.returns - self.constraint_penalty * violation(scores, self.cost_limit)
-            s = torch.where(torch.isfinite(s), s, torch.finfo(s.dtype).min / 4)
+            big = torch.finfo(s.dtype).max / 4        # finite stand-ins, so that s - s.max() below stays finite
+            s = torch.nan_to_num(s, nan=-big, posinf=big, neginf=-big)
             # 3. path-integral weights and the weighted average of the (clipped) noise
             w = torch.softmax((s - s.max()) / self.temperature, dim=0)
             U = U + torch.einsum("n,nha->ha", w.to(dtype), actions - U)

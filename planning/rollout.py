@@ -31,7 +31,7 @@ class Scores:
     """Imagined outcome of ``n`` action sequences."""
 
     returns: Tensor
-    """``[n]`` discounted sum of rewards (NaN from a broken model is replaced by ``-inf``)."""
+    """``[n]`` discounted sum of rewards (NaN from a broken model is replaced by ``-inf``; infinities are kept)."""
     costs: Tensor
     """``[n]`` undiscounted sum of constraint costs (NaN replaced by ``+inf``)."""
 
@@ -93,8 +93,10 @@ def score_sequences(model: DynamicsModel, state: LatentState, actions: Tensor, r
         dtype = reward.dtype if reward.is_floating_point() else torch.get_default_dtype()
         returns = (reward.to(dtype) * discounts(h, discount, reward.device, dtype)).sum(1)
         costs = cost.to(dtype).sum(1)
-        returns = torch.nan_to_num(returns, nan=-math.inf)
-        costs = torch.nan_to_num(costs, nan=math.inf)
+        # only NaN is replaced: nan_to_num's defaults would also turn a genuine -inf return (a forbidden state)
+        # into -3.4e38, which elite_spread and PlanInfo then report as a finite number
+        returns = torch.nan_to_num(returns, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+        costs = torch.nan_to_num(costs, nan=math.inf, posinf=math.inf, neginf=-math.inf)
     return Scores(returns, costs)
 
 

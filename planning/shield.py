@@ -18,9 +18,10 @@ and the shield vetoed 0 of ~4,800 decisions; selecting the tail on one set of dr
 another removes that bias (one more batched imagine call of ``m x model_samples`` rollouts).
 
 A candidate is vetoed when ``risk(a) > threshold``. If the proposal is vetoed the shield executes the
-safest candidate instead (lowest risk; ties broken by the best mean imagined return of its tails) and
-marks ``PlanInfo.vetoed``. The shield is only as good as the model's imagination: with a learned model
-it vetoes what the model *predicts* to violate.
+safest candidate instead (lowest risk; ties broken by the best mean imagined return of its tails),
+marks ``PlanInfo.vetoed``, and re-scores the planner's plan with that first action (one batch-1 imagine call)
+for ``PlanInfo.predicted_return``/``predicted_cost``. The shield is only as good as the model's imagination:
+with a learned model it vetoes what the model *predicts* to violate.
 """
 
 from __future__ import annotations
@@ -88,6 +89,12 @@ class Shield:
             plan = self.planner.last_plan.clone()
             plan[0] = chosen
             self.planner.last_plan = plan
+            # and PlanInfo with it: predicted_return/cost describe the plan now held (the executed first action),
+            # not the vetoed proposal -- else Decisions pair a vetoed plan's imagined return with what really happened
+            final = self.planner.score(state, plan[None])
+            cost = float(final.costs[0])
+            info = dataclasses.replace(info, predicted_return=float(final.returns[0]), predicted_cost=cost,
+                                       feasible=cost <= self.planner.cost_limit)
         return chosen, dataclasses.replace(info, vetoed=True)
 
     def risk(self, state: LatentState, first: Tensor) -> tuple[Tensor, Tensor]:
