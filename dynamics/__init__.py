@@ -5,6 +5,7 @@ Models never see rewards, values or concept labels. Training (Lightning) lives i
 """
 
 from dynamics.balance import ClassBalance
+from dynamics.behaviour import evaluate_hidden_concept, hidden_concept_events
 from dynamics.base import ActionSpec, DynamicsModel, LatentState, LossOutput, ObsSpec
 from dynamics.cache import SiteCache, collect_sites
 from dynamics.evaluate import OpenLoopReport, episode_windows, evaluate_open_loop, macro_recall, seen_cells
@@ -32,7 +33,9 @@ __all__ = [
     "collect_sites",
     "effective_rank",
     "episode_windows",
+    "evaluate_hidden_concept",
     "evaluate_open_loop",
+    "hidden_concept_events",
     "macro_recall",
     "model_config",
     "model_names",

@@ -68,6 +68,7 @@ def render_report(cfg: Any, summary: dict[str, Any], plots: dict[str, Any] | Non
         parts += class_recall_section(ol)
     elif ol:
         parts += [f"Open-loop prediction: {ol.get('skipped')}.", ""]
+    parts += hidden_concept_section(ol or {})
     parts += probe_section(summary)
     parts += where_when_section(summary, (plots or {}).get("by_checkpoint"), base)
     parts += planning_section(summary)
@@ -209,6 +210,23 @@ def class_recall_section(ol: dict[str, Any], ks: tuple[str, ...] = ("1", "5")) -
                                            (model[k].get(c) or {}).get("count", "-"))] for c in classes]
     return [f"Recall by cell class on {'seen' if seen else 'all'} cells: of the cells of each class, the fraction "
             "predicted as that class (a class absent from the targets at k shows -).", "", _table(header, rows), ""]
+
+
+def hidden_concept_section(ol: dict[str, Any]) -> list[str]:
+    """Whether the model's own 1-step prediction follows a concept its observation hides, where the world's does
+    (``open_loop.json`` ``hidden_concepts``; :mod:`dynamics.behaviour`)."""
+    tests = [t for t in ol.get("hidden_concepts") or [] if "skipped" not in t]
+    if not tests:
+        return []
+    rows = [[f"{t['test']} ({t['concept']})", f"{t['events_true']} / {t['events_false']}", _ci(t["rate_when_true"]),
+             _ci(t["rate_when_false"]), _ci(t["auroc"])] for t in tests]
+    return ["Hidden concepts, tested by behaviour: at the held-out steps where the true next frame depends on a "
+            "concept the current frame does not show (" + "; ".join(f"{t['test']}: {t['description']}" for t in tests)
+            + "), the model filters the episode up to the step before, imagines the step with the true action and "
+            "decodes it. *Predicts the outcome*: its probability > 0.5 (ideal: 1 with the concept, 0 without); AUROC "
+            "0.5 means the model does not use the concept there, whatever a probe reads.", "",
+            _table(["test (concept)", "steps with / without", "predicts the outcome, with", "predicts the outcome, "
+                    "without", "AUROC"], rows), ""]
 
 
 def probe_section(summary: dict[str, Any]) -> list[str]:

@@ -10,6 +10,7 @@ from worlds.collect import CollectReport, collect
 from worlds.concepts import Concept, ConceptSchema
 from worlds.dataset import DatasetError, DatasetWriter, TrajectoryDataset
 from worlds.errors import OntolabError
+from worlds.hidden import HiddenConceptTest
 from worlds.policies import EpsilonOraclePolicy, MixturePolicy, Policy, RandomPolicy, make_policy
 from worlds.registry import WorldEntry, get_world, make_world, register_world, world_names
 from worlds.trajectory import Episode
@@ -22,6 +23,7 @@ __all__ = [
     "DatasetWriter",
     "Episode",
     "EpsilonOraclePolicy",
+    "HiddenConceptTest",
     "MixturePolicy",
     "OntolabError",
     "Policy",

@@ -28,6 +28,7 @@ import gymnasium as gym
 import numpy as np
 
 from worlds.concepts import ConceptSchema
+from worlds.hidden import HiddenConceptTest
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class VectorWorld(ABC):
     cell_names: ClassVar[tuple[str, ...] | None] = None
     """For a symbolic observation: the name of each channel (cell class), so evaluation can report recall by
     class (e.g. lavakeydoor's ``("empty", "wall", "lava", ...)``)."""
+    hidden_concept_tests: ClassVar[tuple["HiddenConceptTest", ...]] = ()
+    """Steps where the next observation depends on a concept the current one does not show
+    (:mod:`worlds.hidden`; symbolic observations), so evaluation can check whether a model *uses* it."""
 
     obs_kind: ClassVar[str] = "vector"
     """``"symbolic"`` (one-hot uint8 channels ``[c h w]``, exactly one channel set per cell),

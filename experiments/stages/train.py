@@ -104,13 +104,27 @@ def _cell_names(ds: TrajectoryDataset) -> tuple[str, ...] | None:
     return tuple(names) if names and len(names) == int(ds.obs_spec["shape"][0]) else None
 
 
+def _hidden_concept_tests(ds: TrajectoryDataset) -> tuple:
+    """The world's hidden-concept tests (:mod:`worlds.hidden`) when its observations are symbolic."""
+    from worlds.registry import get_world
+
+    if ds.obs_spec.get("obs_kind") != "symbolic":
+        return ()
+    try:
+        return tuple(get_world(ds.world_name).cls.hidden_concept_tests)
+    except ValueError:  # a dataset of a world this install does not register
+        return ()
+
+
 def evaluate_stage(model, data_path: Path, out: Path, *, split: str = "test", context: int = 10,
                    horizons: tuple[int, ...] = (1, 5, 15), seed: int = 0) -> dict:
     """Open-loop quality on held-out episodes vs copy-the-last-frame, with 95% CIs -> ``open_loop.json``.
 
     Symbolic observations add recall by cell class and its macro average (balanced per-cell accuracy), all cells
     and seen cells: ``model_balanced``, ``copy_balanced``, ``model_class_recall`` (``{k: {class: estimate with
-    count}}``), ``copy_class_recall``, their ``*_seen_*`` versions and ``class_names``."""
+    count}}``), ``copy_class_recall``, their ``*_seen_*`` versions and ``class_names``. A world with hidden-concept
+    tests (:mod:`worlds.hidden`) adds ``hidden_concepts``: per test, whether the model's 1-step prediction follows
+    the hidden concept where the world's does (:func:`dynamics.behaviour.evaluate_hidden_concept`)."""
     from dynamics.evaluate import episode_windows, evaluate_open_loop
     from experiments.provenance import write_json
 
@@ -156,5 +170,10 @@ def evaluate_stage(model, data_path: Path, out: Path, *, split: str = "test", co
                            "copy_seen_balanced": est(rep.copy_seen_balanced),
                            "model_seen_class_recall": by_class(rep.model_seen_class_recall),
                            "copy_seen_class_recall": by_class(rep.copy_seen_class_recall)})
+    tests = _hidden_concept_tests(ds)
+    if tests and model.can_decode:  # does the model use what the view hides? (dynamics/behaviour.py)
+        from dynamics.behaviour import evaluate_hidden_concept
+
+        result["hidden_concepts"] = [evaluate_hidden_concept(model, episodes, t, seed=seed) for t in tests]
     write_json(result, out / "open_loop.json")
     return result

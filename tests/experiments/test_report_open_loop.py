@@ -78,3 +78,16 @@ def test_seen_cells_split_into_last_view_and_memory_when_recorded():
     r5 = row(dynamics_section(split), "k | model, seen cells", "5")
     assert r5["model, in the last view"].startswith("0.952") and r5["model, seen only earlier"].startswith("0.883")
     assert "model, in the last view" not in row(dynamics_section(NEW), "k | model, seen cells", "5")  # older files
+
+
+def test_hidden_concept_tests_are_tabled_and_skipped_ones_left_out():
+    test = {"test": "door_opens", "concept": "has_key", "description": "the door opens iff the key is held",
+            "events": 146, "events_true": 98, "events_false": 48, "rate_when_true": est(0.949),
+            "rate_when_false": est(0.438), "auroc": est(0.883), "truth_agreement": est(1.0)}
+    lines = dynamics_section({**NEW, "hidden_concepts": [test, {"test": "x", "skipped": "no step"}]})
+    r = row(lines, "test (concept)", "door_opens (has_key)")
+    assert r["steps with / without"] == "98 / 48"
+    assert r["predicts the outcome, with"].startswith("0.949") and r["predicts the outcome, without"].startswith("0.438")
+    assert r["AUROC"].startswith("0.883")
+    assert not any(line.startswith("| x ") for line in lines)
+    assert "Hidden concepts" not in "\n".join(dynamics_section(NEW))  # nothing recorded: no section

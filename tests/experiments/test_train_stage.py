@@ -41,6 +41,12 @@ def test_seen_cells_are_reported_for_a_translated_grid_view(dataset, tmp_path):
     for k in ("1", "3"):
         seen, allc = result["copy_seen_cells"][k]["estimate"], result["copy_last_frame"][k]["estimate"]
         assert 0.0 <= seen <= 1.0 and 0.0 <= allc <= 1.0
+    # lavakeydoor declares a hidden-concept test (has_key decides the door): scored beside the open-loop numbers
+    hidden, = result["hidden_concepts"]
+    assert hidden["test"] == "door_opens" and hidden["concept"] == "has_key"
+    assert hidden["events"] == hidden["events_true"] + hidden["events_false"]
+    assert hidden["events_true"] > 0 and hidden["events_false"] > 0  # 40 random episodes bump into doors
+    assert hidden["truth_agreement"]["estimate"] == 1.0 and 0.0 <= hidden["auroc"]["estimate"] <= 1.0
 
 
 def test_no_seen_split_without_view_positions(dataset, tmp_path, monkeypatch):

@@ -28,6 +28,7 @@ import numpy as np
 from worlds.base import StepResult, VectorWorld
 from worlds.concepts import Concept, ConceptSchema
 from worlds.lavakeydoor import layout as L
+from worlds.lavakeydoor.hidden import DOOR_TEST
 from worlds.lavakeydoor.render import make_tiles, render_codes
 
 MOVES = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]], dtype=np.int64)
@@ -139,6 +140,7 @@ class LavaKeyDoor(VectorWorld):
     view_position_concepts = ("agent_row", "agent_col")  # the 5x5 view is translated, never rotated
     cell_names = L.CELL_NAMES  # the symbolic view's channels (obs_mode="rgb" has none; callers check obs_kind)
     obs_kind = "symbolic"
+    hidden_concept_tests = (DOOR_TEST,)  # has_key decides whether moving into the locked door opens it
 
     def __init__(self, num_envs: int, params: LavaKeyDoorParams = LavaKeyDoorParams(), seed: int | None = None):
         if not isinstance(params, LavaKeyDoorParams):
