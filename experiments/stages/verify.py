@@ -133,7 +133,7 @@ def _empirical(first_step: dict[str, np.ndarray], text: str, confidence: float):
 
 def _bounds(abstraction, text: str, mdp: bool, confidence: float) -> tuple[float, float, str]:
     """Robust ``(lower, upper)`` over every model consistent with the counts, and how unexplored states were treated."""
-    from planning.verify import robust_check
+    from planning.verify import UNEXPLORED, robust_check
     from planning.verify.validate import property_labels
 
     monotone = "!" not in text
@@ -143,11 +143,17 @@ def _bounds(abstraction, text: str, mdp: bool, confidence: float) -> tuple[float
     unseen = targets[0] if len(targets) == 1 else None
     hi = robust_check(abstraction.interval_model(mdp=mdp, confidence=confidence, unexplored_as=targets,
                                                  unseen=unseen), text, "max")
-    lo = robust_check(abstraction.interval_model(mdp=mdp, confidence=confidence), text, "min")
+    # ... and, for a property without negation, the lower bound sends it to a sink that carries none of
+    # the property's labels (the reserved label UNEXPLORED): a row whose every sample went to the target
+    # must not make the lower bound exactly 1 (nor an action never tried drop out of a Pmin).
+    sink = UNEXPLORED if monotone and UNEXPLORED not in targets else None
+    lo = robust_check(abstraction.interval_model(mdp=mdp, confidence=confidence, unseen=sink), text, "min")
     how = ("unexplored states count as target in the upper bound" if monotone else
            "unexplored states count as non-target in both bounds (the property has a negation)")
     if unseen is not None:
         how += "; so do transitions never observed (their Clopper-Pearson mass)"
+    if sink is not None:
+        how += "; the lower bound sends that mass to a non-target sink"
     return lo.probability, hi.probability, how
 
 
@@ -179,7 +185,11 @@ def _row(text: str, policy: str, abstraction, probability: float, lo: float, hi:
             notes.append("F has no time limit in the model; real episodes end at the world's time limit")
     elif not extra_note:
         notes.append("no real-world frequency for this property (measured only for F / F<=H of one label)")
-    sparse = int(np.sum((abstraction.counts.visits().sum(1) < 10) & ~abstraction.unexplored))
+    # terminal (absorbing) and unexplored states are never left by construction: not "sparse"
+    stop = np.zeros(abstraction.num_states, dtype=bool)
+    for name in abstraction.absorbing:
+        stop |= np.asarray(abstraction.counts.labels[name], dtype=bool)
+    sparse = int(np.sum((abstraction.counts.visits().sum(1) < 10) & ~stop))
     if sparse and hi - lo > 0.5:
         notes.append(f"bounds are loose: {sparse} state(s) were left fewer than 10 times (more rollouts tighten them)")
     unexplored = int(abstraction.unexplored.sum())
@@ -296,7 +306,9 @@ def run_verify(cfg: RunConfig, data_path: Path, dynamics_path: Path, probes_path
               "boundary": boundary, "skipped": skipped,
               "assumptions": ("abstract states are valuations of probed concepts of imagined latents; the abstraction "
                               "assumes they are Markov (checked against the real world by the empirical column); "
-                              "bounds hold at the stated joint confidence for successors that were seen at least once")}
+                              "the robust bounds hold at the stated joint confidence for every abstract model "
+                              "consistent with the counts when the property has no negation (the upper bound: when "
+                              "it also names one label), otherwise only for successors that were seen at least once")}
     write_json(result, out / "metrics.json")
     return result
 

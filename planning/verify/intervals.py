@@ -11,7 +11,9 @@ probability of the property) is an upper bound on the true probability.
 from ``(s, a)`` is assumed impossible. Pass ``unseen="lava"`` (any label) to drop the assumption:
 every counted row then gets one more successor, an absorbing state carrying that label, with the
 interval ``[eps, CP upper for 0 hits in n(s, a)]`` -- all the unseen mass is assumed to go the worst
-way, and the bound holds for every model consistent with the counts. (``eps`` =
+way, and the bound holds for every model consistent with the counts. On an MDP every action never
+tried in a non-terminal state also becomes a choice that goes to that state with probability one (a
+model consistent with the counts may do anything there). (``eps`` =
 :data:`UNSEEN_FLOOR` = 1e-12 because Storm checks unbounded properties on interval models only when
 every lower bound is positive, "graph preservation"; for the upper bound of a property that targets
 the ``unseen`` label this changes nothing, since the maximiser sends as much mass there as it can.)
@@ -96,7 +98,8 @@ class IntervalModel(RowGroupedModel):
         """Clopper-Pearson intervals on ``counts`` at joint ``confidence`` (Bonferroni over all intervals).
 
         ``policy`` (``float[states actions]``): the interval DTMC under that policy; ``None``: the
-        interval MDP over the counted actions (as :meth:`CountModel.to_mdp`). ``absorbing``: labels of
+        interval MDP over the counted actions (as :meth:`CountModel.to_mdp`; with ``unseen``, every action
+        never tried in a non-terminal state too, see the module docstring). ``absorbing``: labels of
         terminal states (exact self-loops). ``unseen``: see the module docstring.
         """
         S, A = counts.num_states, counts.num_actions
@@ -146,13 +149,19 @@ class IntervalModel(RowGroupedModel):
             hi = np.concatenate([hi[used] * w[used], np.ones(len(loops))])
             groups = np.arange(n_states + 1)
         else:
-            # one row per live (s, a) in increasing order, then the self-loops, all sorted by state
-            row_state = np.concatenate([live_rows // A, loops])
+            # per state: its live (s, a) rows in increasing a, then (see below) its untried actions or its self-loop
+            # With ``unseen``, an action never tried in a non-terminal state is a choice too, going to the
+            # unseen sink with probability one: nothing is known about it, and leaving it out would make
+            # the Pmax upper bound (and the Pmin lower bound) a max (min) over fewer actions than the truth has.
+            blind = (np.flatnonzero((~live & ~stop[:, None]).reshape(-1)) if unseen is not None
+                     else np.zeros(0, np.int64))
+            row_state = np.concatenate([live_rows // A, blind // A, loops])
             position = np.empty(len(row_state), dtype=np.int64)
             position[np.argsort(row_state, kind="stable")] = np.arange(len(row_state))
             rows = np.concatenate([position[np.searchsorted(live_rows, sa)], position[len(live_rows):]])
-            cols = np.concatenate([nxt, loops])
-            lo, hi = np.concatenate([lo, np.ones(len(loops))]), np.concatenate([hi, np.ones(len(loops))])
+            cols = np.concatenate([nxt, np.full(len(blind), extra if extra is not None else 0), loops])
+            one = np.ones(len(blind) + len(loops))
+            lo, hi = np.concatenate([lo, one]), np.concatenate([hi, one])
             choices = np.bincount(row_state, minlength=n_states)
             if choices.min() == 0:
                 s = int(np.argmin(choices))
