@@ -21,7 +21,9 @@ def planning_section(summary: dict[str, Any]) -> list[str]:
     parts = ["## Planning", f"Reward `{reward.get('reward')}`{cons}; {details.get('episodes')} real episodes per row. "
              "*learned/latent*: the learned model with the reward compiled against the probes' ontology (what "
              "ontolab is for); *oracle/true*: the true simulator with the true reward (the planner alone). Rates "
-             "carry exact Clopper-Pearson 95% intervals, means a bootstrap over episodes. Every episode is in "
+             "of episodes carry exact Clopper-Pearson 95% intervals, means a bootstrap over episodes"
+             + (" (so does the share of vetoed decisions, exact with the episodes as trials when none or all "
+                "are vetoed)" if shielded else "") + ". Every episode is in "
              "`planning/episodes.csv`, every decision in `planning/decisions.csv`.", "",
              _table(["planner", "model", "reward", "probe method", "success", "violations", "true return", "steps",
                      "ms/step"] + ["vetoed decisions"] * shielded,
@@ -59,7 +61,7 @@ def reward_eval_section(doc: dict[str, Any]) -> list[str]:
              "(probes) vs the true reward per step, for the total and each term (error = latent - true), and each "
              f"constraint's per-step violation as the probes read it vs the truth; 95% bootstrap CIs over episodes.{other} "
              "All numbers: `planning/reward_eval.csv`.", "",
-             _table(["ontology", "term", "MAE", "MAE of a constant at the true mean", "RMSE", "bias", "Pearson", "Spearman"],
+             _table(["ontology", "term", "MAE", "MAE of a constant at the true median", "RMSE", "bias", "Pearson", "Spearman"],
                     [[e["ontology"] + f" ({e['probe_method']})", t["label"], _ci(t["mae"]),
                       _ci(t["constant_mae"]) if t.get("constant_mae") else "", _ci(t["rmse"]), _ci(t["bias"]),
                       *((_ci(e["pearson"]), _ci(e["spearman"])) if t is e["total"] else ("", ""))]

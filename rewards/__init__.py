@@ -9,7 +9,7 @@ from rewards.ast import ConceptUse, render
 from rewards.compile import CompiledReward, ConceptSource, Resolver, RewardOutput, truth_resolver
 from rewards.errors import RewardError
 from rewards.evaluation import (ConstraintConfusion, RewardEvaluation, RewardTerm, TermError, evaluate_on_store,
-                                evaluate_reward, ontology_source, reward_terms)
+                                evaluate_reward, exact_if_unanimous, ontology_source, reward_terms)
 from rewards.parser import parse_constraint, parse_expression
 from rewards.spec import RewardSpec
 
@@ -27,6 +27,7 @@ __all__ = [
     "TermError",
     "evaluate_on_store",
     "evaluate_reward",
+    "exact_if_unanimous",
     "ontology_source",
     "parse_constraint",
     "parse_expression",

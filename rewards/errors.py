@@ -4,6 +4,9 @@ Its message is a single line that names the problem, the 0-based column and an e
 text with ``>>`` marking the spot, then the fix::
 
     reward: unknown concept 'lava' at column 10 in "at_goal - >>lava"; this world's concepts are: ...
+
+In multi-line text (a YAML block scalar) the spot is named by its 1-based line and its 0-based column in
+that line, with the character offset ``position`` beside it: ``at line 3, column 2 (offset 14)``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,16 @@ _WINDOW = 30
 def _one_line(s: str) -> str:
     """Escape control characters (newlines, tabs ...) so a message stays on one line."""
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in s)
+
+
+def location(text: str, position: int) -> str:
+    """``column C`` on one-line text; ``line L, column C (offset P)`` once a newline precedes ``position``
+    (the offset alone would call the third line's third character "column 14")."""
+    line = text.count("\n", 0, position)
+    if line == 0:
+        return f"column {position}"
+    column = position - (text.rfind("\n", 0, position) + 1)
+    return f"line {line + 1}, column {column} (offset {position})"
 
 
 def excerpt(text: str, position: int) -> str:
@@ -39,7 +52,7 @@ class RewardError(OntolabError):
         self.problem, self.text, self.position, self.hint, self.where = message, text, position, hint, where
         msg = f"{where}: {message}" if where else message
         if position is not None:
-            msg += f" at column {position} in {excerpt(text, position)}"
+            msg += f" at {location(text, position)} in {excerpt(text, position)}"
         if hint:
             msg += f"; {hint}"
         super().__init__(_one_line(msg))

@@ -7,7 +7,7 @@ held-out episodes (posterior latents of real observations, e.g. the ``test`` spl
 
 * Pearson and Spearman correlation between latent and true reward per step;
 * MAE, RMSE and bias (mean of latent - true) of the total reward and of each top-level additive term, beside
-  the MAE of a constant at the true term's mean (the reference a reading must beat)
+  the MAE of a constant at the true term's median (the best constant under MAE: the reference a reading must beat)
   (``at_goal - 10 * in_lava - 0.01`` -> ``at_goal``, ``- 10 * in_lava``; terms that read no concept are
   constants, exactly equal on both sides, and left out);
 * per constraint, the per-step confusion of "the latent cost says violation" vs "the true cost says
@@ -16,8 +16,9 @@ held-out episodes (posterior latents of real observations, e.g. the ``test`` spl
   :meth:`RewardSpec.probability_costs`), i.e. when the probe finds it more likely than not.
 
 Every rate, correlation and error carries a 95% cluster-bootstrap interval over episodes
-(:func:`probes.stats.bootstrap`; every metric sees the same resamples for one seed). Counts are plain
-totals. ::
+(:func:`probes.stats.bootstrap`; every metric sees the same resamples for one seed), except a rate at 0 or 1,
+where the bootstrap collapses to a point: that one gets an exact interval (:func:`exact_if_unanimous`).
+Counts are plain totals. ::
 
     store = LatentStore.open(run / "probes" / "latents")
     ev = evaluate_on_store(spec, ontology, store, split="test", n_boot=1000, seed=0)
@@ -26,7 +27,7 @@ totals. ::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -36,7 +37,7 @@ from torch import Tensor
 
 from dynamics.base import LatentState
 from probes.metrics import MAE
-from probes.stats import Estimate, SumDecomposable, as_numpy, bootstrap
+from probes.stats import Estimate, SumDecomposable, as_numpy, bootstrap, clopper_pearson
 from rewards.ast import Binary, ConceptUse, Node, render, uses
 from rewards.compile import ConceptSource, compile_reward, truth_resolver
 from rewards.errors import RewardError
@@ -155,6 +156,29 @@ class ConfusionRate(SumDecomposable):
             return np.where(den > 0, totals[..., self.num] / den, np.nan)
 
 
+def exact_if_unanimous(estimate: Estimate, hits: Any, groups: Any) -> Estimate:
+    """``estimate`` of the rate of ``hits[m]`` (bools of the rate's denominator rows, e.g. the decisions, episode ids
+    ``groups[m]``), its interval made exact where every row agrees (0/m or m/m).
+
+    There the episode-cluster percentile bootstrap collapses to [0, 0] (or [1, 1]): every resample holds only
+    zeros, whatever the rate. Such an interval claims certainty the data do not give. The rows of an episode are
+    correlated and nothing in unanimous data says how strongly, so the interval takes the worst case, rows of an
+    episode all alike (intra-episode correlation 1): Clopper-Pearson with Kish's effective number of episodes,
+    ``n_eff = (sum_e m_e)^2 / sum_e m_e^2`` (the number of episodes when they are equally long) as the trials --
+    the effective-sample-size Clopper-Pearson interval of Korn & Graubard (1998) at the largest design effect.
+    Zero hits in ``E`` equal episodes then bound the rate by ``1 - (alpha / 2)^(1 / E)`` (about 3.7 / E at 95%),
+    which holds however the hits cluster: an episode whose steps each hit with mean probability ``q`` has no hit
+    with probability at most ``1 - q``. Rates strictly between 0 and 1 keep the bootstrap interval."""
+    h = as_numpy(hits).astype(bool)
+    if h.size == 0 or 0 < h.sum() < h.size:
+        return estimate
+    _, m = np.unique(as_numpy(groups), return_counts=True)
+    n_eff = float(m.sum()) ** 2 / float((m.astype(np.float64) ** 2).sum())
+    k = n_eff if h.all() else 0.0
+    lo, hi = clopper_pearson(k, n_eff, estimate.level)
+    return replace(estimate, lower=float(lo), upper=float(hi))
+
+
 PRECISION = ConfusionRate("tp", ("tp", "fp"))
 RECALL = ConfusionRate("tp", ("tp", "fn"))
 FALSE_ALARM = ConfusionRate("fp", ("fp", "tn"))
@@ -171,8 +195,11 @@ class TermError:
     bias: Estimate
     """Mean of latent - true: > 0 when the probes overstate the term."""
     constant_mae: Estimate
-    """MAE of a constant at the true term's mean over these steps: the reference a reading must beat to say
-    anything about where the term is high or low (an MAE above it reads the term worse than not reading it)."""
+    """MAE of a constant at the true term's median over these steps: the reference a reading must beat to say
+    anything about where the term is high or low (an MAE above it reads the term worse than not reading it).
+    The median, not the mean: the median is the constant with the least MAE, so no constant -- e.g. a probe that
+    never fires on a rare term -- beats it; a constant at the mean of a term that is nonzero on a fraction q of
+    the steps has MAE 2q(1 - q) |term|, and "never" (MAE q |term|) would beat it for every q < 1/2."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "mae": self.mae.as_json(), "rmse": self.rmse.as_json(), "bias": self.bias.as_json(),
@@ -292,7 +319,7 @@ def evaluate_reward(spec: RewardSpec, schema: ConceptSchema, latent: ConceptSour
     def error(label: str, latent_v: Tensor, true_v: Tensor) -> TermError:
         a, b = true_v.cpu().numpy(), latent_v.cpu().numpy()
         return TermError(label, bootstrap(MAE(), a, b, **boot), bootstrap(RMSE(), a, b, **boot),
-                         bootstrap(Bias(), a, b, **boot), bootstrap(MAE(), a, np.full_like(a, a.mean()), **boot))
+                         bootstrap(Bias(), a, b, **boot), bootstrap(MAE(), a, np.full_like(a, np.median(a)), **boot))
 
     r_lat, r_tru = out_lat.reward.cpu().numpy(), out_tru.reward.cpu().numpy()
     probability = set(spec.probability_costs())
@@ -301,8 +328,9 @@ def evaluate_reward(spec: RewardSpec, schema: ConceptSchema, latent: ConceptSour
         thr = PROBABILITY_THRESHOLD if text in probability else 0.0
         t, a = out_tru.costs[text].cpu().numpy() > thr, out_lat.costs[text].cpu().numpy() > thr
         tp, fp, fn, tn = (int(c) for c in PRECISION.row_stats(t, a).sum(0))
-        confusions.append(ConstraintConfusion(text, thr, tp, fp, fn, tn, bootstrap(PRECISION, t, a, **boot),
-                                              bootstrap(RECALL, t, a, **boot), bootstrap(FALSE_ALARM, t, a, **boot)))
+        rates = [exact_if_unanimous(bootstrap(metric, t, a, **boot), hits[rows], eps[rows])  # 0/m, m/m: exact
+                 for metric, hits, rows in ((PRECISION, t, a), (RECALL, a, t), (FALSE_ALARM, a, ~t))]
+        confusions.append(ConstraintConfusion(text, thr, tp, fp, fn, tn, *rates))
     return RewardEvaluation(reward=spec.reward, steps=n, episodes=int(np.unique(eps).size),
                             pearson=bootstrap(Pearson(), r_lat, r_tru, **boot),
                             spearman=bootstrap(Spearman(), r_lat, r_tru, **boot),

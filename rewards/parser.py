@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from rewards.ast import (ARITHMETIC, COMPARISONS, FUNCTIONS, PRECEDENCE, Binary, Call, ClassName, Constraint,
                          Name, Node, Number, Prob, Unary)
-from rewards.errors import RewardError
+from rewards.errors import RewardError, location
 from rewards.lexer import Token, tokenize
 
 MAX_DEPTH = 64
@@ -83,8 +83,8 @@ class _Parser:
         if self.tok.kind == "op" and self.tok.text == op:
             return self.advance()
         if opened is not None and op == ")":
-            raise self.error(f"expected ')' to close the '(' at column {opened.pos}, got {_describe(self.tok)}",
-                             self.tok)
+            raise self.error(f"expected ')' to close the '(' at {location(self.text, opened.pos)}, "
+                             f"got {_describe(self.tok)}", self.tok)
         raise self.error(f"expected {op!r}, got {_describe(self.tok)}", self.tok)
 
     def finish(self) -> None:
@@ -100,7 +100,7 @@ class _Parser:
             raise self.error(f"expression nested too deeply (more than {MAX_DEPTH} levels)", self.tok,
                              "split it into simpler terms")
         try:
-            left, depth = self.prefix()
+            left, depth = self.prefix(min_bp)
             while self.tok.kind in ("op", "kw") and self.tok.text in _INFIX and _INFIX[self.tok.text] > min_bp:
                 op_tok = self.advance()
                 bp = _INFIX[op_tok.text]
@@ -116,13 +116,20 @@ class _Parser:
         finally:
             self.depth -= 1
 
-    def prefix(self) -> tuple[Node, int]:
+    def prefix(self, min_bp: int = 0) -> tuple[Node, int]:
+        """An operand whose operators bind tighter than ``min_bp`` (the binding power of the operator before it)."""
         tok = self.advance()
         if tok.kind == "num":
             return Number(tok.value, tok.pos), 1
         if tok.kind == "str":
             return ClassName(tok.text, tok.pos), 1
         if tok.kind == "kw" and tok.text == "not":
+            # As in the grammar above (and Python): `not` heads a not_expr, which cannot be the operand of an
+            # arithmetic operator, a comparison or a unary minus. Accepting it there would bind its operand
+            # loosely in the middle of tighter operators: `2 * not a == b` would be `2 * (not (a == b))`.
+            if min_bp > PRECEDENCE["not"]:
+                raise self.error("'not' cannot stand inside arithmetic or a comparison", tok,
+                                 "put the negation in parentheses, e.g. 1 - (not in_lava)")
             operand, d = self.expr(PRECEDENCE["not"])
             return Unary("not", operand, tok.pos), d + 1
         if tok.kind == "op" and tok.text in ("-", "+"):

@@ -34,7 +34,10 @@ the config then requires ``plan.cost_limit > 0`` (a veto means more than that ma
 in more than ``shield_threshold`` of the samples). The planner's own feasibility uses the same
 ``cost_limit``. The shield vetoes what the model *predicts* to violate: it cannot catch a lava cell the
 model or the probe does not see. Metrics rows of shielded runs add ``veto_rate`` (fraction of decisions
-vetoed, bootstrap interval over episodes); ``decisions.csv`` marks each veto (``vetoed``).
+vetoed; decisions of one episode are correlated, so its interval is a bootstrap over episodes, and exact where
+no decision -- or every one -- was vetoed, where that bootstrap would collapse to [0, 0]: Clopper-Pearson with
+the episodes as trials, :func:`rewards.evaluation.exact_if_unanimous`); ``decisions.csv`` marks each veto
+(``vetoed``).
 Why ``plan.shield_continuations`` defaults to 1: the risk is a minimum over tails of per-tail estimates
 from ``shield_samples`` draws each, and a minimum of noisy estimates is biased low -- a first step that
 violates in 30% of draws gets risk 0 under some tail with probability 1 - (1 - 0.7^4)^32 ~ 1 for 32
@@ -324,6 +327,7 @@ def _overoptimisation(cfg: RunConfig, model, oracle, spec, ontology, imaginable:
 def _metrics(cfg: RunConfig, world, spec, runs, probes_dir: Path, skipped: dict[str, str]) -> dict[str, Any]:
     from planning.evaluation import mean_estimate, summarize, visited_accuracy
     from probes.results import read_results_csv
+    from rewards.evaluation import exact_if_unanimous
 
     p = cfg.plan
     results = probes_dir / "results.csv"
@@ -339,10 +343,10 @@ def _metrics(cfg: RunConfig, world, spec, runs, probes_dir: Path, skipped: dict[
         key = {k: labels[k] for k in ("planner", "model", "reward", "probe_method")}
         rows.append({**key, "episodes": s.episodes, **{k: _est(v) for k, v in s.metrics().items()},
                      "predicted_return": _est(s.predicted_return), "seconds": labels["seconds"]})
-        if labels.get("shielded"):  # fraction of decisions vetoed, episodes resampled
+        if labels.get("shielded"):  # fraction of decisions vetoed: episode-cluster bootstrap, exact at 0/m and m/m
             d = log.decisions
-            rows[-1]["veto_rate"] = _est(mean_estimate(d.vetoed.astype(np.float64), groups=d.episode, n_boot=p.n_boot,
-                                                       seed=cfg.seed))
+            veto = mean_estimate(d.vetoed.astype(np.float64), groups=d.episode, n_boot=p.n_boot, seed=cfg.seed)
+            rows[-1]["veto_rate"] = _est(exact_if_unanimous(veto, d.vetoed, d.episode))
         if ontology is None or not log.visited.readings:
             continue
         refit = labels["probe_method"] == IMAGINED_LABEL  # its dataset rows are "<method>+imagined"
