@@ -78,6 +78,23 @@ def _concept_matrix(z: Any, num_classes: int | None) -> torch.Tensor:
     return torch.as_tensor(za, dtype=torch.float64)
 
 
+def _svd_tol(x: torch.Tensor, z: torch.Tensor, method: str) -> float:
+    """Cut-off for the singular values of the cross-covariance that LEACE erases: only numerically-zero ones drop.
+
+    ``LeaceFitter``'s default ``svd_tol=0.01`` is absolute, in the units of ``z`` (and, for ``"orth"``, of ``x``): a
+    rare or weakly read concept has no singular value above it and is not erased at all (a 1%-frequent binary
+    concept that a linear probe read with AUROC 0.67 got a rank-0 eraser and kept its AUROC, so the necessity
+    check measured nothing). The singular values of the whitened cross-covariance are at most ``sqrt(tr Cov z)``
+    (times ``sqrt(tr Cov x)`` without whitening); the cut-off is ``sqrt(eps)`` of that, which still drops the
+    exactly-dependent direction of a one-hot encoding (its columns sum to one).
+    """
+    def spread(t: torch.Tensor) -> float:
+        return float((t - t.mean(0)).square().sum() / max(t.shape[0] - 1, 1))  # trace of the covariance
+    scale = spread(z) * (spread(x) if method == "orth" else 1.0)
+    tol = (scale ** 0.5) * torch.finfo(x.dtype).eps ** 0.5
+    return max(tol, torch.finfo(x.dtype).tiny)  # LeaceFitter needs svd_tol > 0
+
+
 def fit_leace(
     x: Any,
     z: Any,
@@ -95,7 +112,7 @@ def fit_leace(
     if zt.shape[0] != xt.shape[0]:
         raise ValueError(f"x and z must have the same number of rows, got {xt.shape[0]} and {zt.shape[0]}")
     xt, zt = xt.to(device=device, dtype=dtype), zt.to(device=device, dtype=dtype)
-    le = LeaceFitter.fit(xt, zt, method=method).eraser
+    le = LeaceFitter.fit(xt, zt, method=method, svd_tol=_svd_tol(xt, zt, method)).eraser
     # Drop the directions the fitter zeroed (singular values under its tolerance): the eraser's
     # rank is then the number of columns, which the random-subspace null must match.
     weight = le.proj_left.norm(dim=0) * le.proj_right.norm(dim=1)
