@@ -51,12 +51,15 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     (group, method, site, concept, split, metric, estimate, ci_low, ci_high, n_seeds, sd, seeds,
     interval), "planning": rows (group, planner, model, reward, probe_method, n_seeds and per rate an
     ``{estimate, ci_low, ci_high, ...}`` dict), "open_loop": {group: open_loop.json-shaped dict},
-    "ontology": {group: {concept: {"method", "site", "votes"}}}}`` (the ontology's most frequent choice).
+    "ontology": {group: {concept: {"method", "site", "votes"}}}}`` (the ontology's most frequent choice, a tie going
+    to the choice of the lowest seed; ``votes`` counts the seeds with a choice for the concept, not those agreeing).
     """
     probes: dict[tuple, list] = defaultdict(list)
     plans: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     loops: dict[str, dict[str, dict[str, list]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     votes: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    first_seed: dict[tuple, int] = {}  # (group, concept, (method, site)) -> lowest seed that chose it (ties)
+    loop_metric: dict[str, set[str]] = defaultdict(set)  # the runs' open-loop metric: accuracy (symbolic) or mse
     for run in runs:
         g, seed, s = run["group"], run["seed"], run["summary"]
         for r in s.get("probes") or []:
@@ -67,11 +70,15 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 if isinstance(r.get(m), Mapping):
                     plans[key][m].append((seed, r[m]))
         ol = (s.get("dynamics") or {}).get("open_loop") or {}
+        if isinstance(ol.get("metric"), str):
+            loop_metric[g].add(ol["metric"])
         for series in OPEN_LOOP_SERIES:
             for k, e in (ol.get(series) or {}).items():
                 loops[g][series][k].append((seed, e))
         for c, v in (s.get("ontology") or {}).items():
-            votes[g][c][(v["method"], v["site"])] += 1
+            choice = (v["method"], v["site"])
+            votes[g][c][choice] += 1
+            first_seed[(g, c, choice)] = min(seed, first_seed.get((g, c, choice), seed))
     cols = ("group", "method", "site", "concept", "split", "metric")
     probe_rows = [{**dict(zip(cols, key)), **_combine(vals)} for key, vals in sorted(probes.items(), key=lambda kv: kv[0])]
     plan_rows = []
@@ -80,8 +87,14 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         row.update({m: _combine(v) for m, v in metrics.items()})
         row["n_seeds"] = max(v["n_seeds"] for m, v in row.items() if m in PLAN_METRICS)
         plan_rows.append(row)
-    open_loop = {g: {"metric": "accuracy", **{series: {k: _combine(v) for k, v in sorted(ks.items(), key=lambda kv: int(kv[0]))}
-                                               for series, ks in ser.items()}} for g, ser in loops.items()}
-    ontology = {g: {c: {"method": cnt.most_common(1)[0][0][0], "site": cnt.most_common(1)[0][0][1], "votes": sum(cnt.values())}
+    open_loop = {g: {"metric": "/".join(sorted(loop_metric[g])) or "accuracy",
+                     **{series: {k: _combine(v) for k, v in sorted(ks.items(), key=lambda kv: int(kv[0]))}
+                        for series, ks in ser.items()}} for g, ser in loops.items()}
+    # Ties between choices go to the one made by the lowest seed, so the result does not depend on the order the
+    # runs come in (Counter.most_common breaks ties by insertion order: seeds=[1,0] and [0,1] chose differently).
+    def winner(g: str, c: str, cnt: Counter) -> tuple[str, str]:
+        return min(cnt, key=lambda ch: (-cnt[ch], first_seed[(g, c, ch)]))
+
+    ontology = {g: {c: dict(zip(("method", "site"), winner(g, c, cnt)), votes=sum(cnt.values()))
                     for c, cnt in sorted(cs.items())} for g, cs in votes.items()}
     return {"probes": probe_rows, "planning": plan_rows, "open_loop": open_loop, "ontology": ontology}

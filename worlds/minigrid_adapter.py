@@ -66,9 +66,13 @@ def shortest_plan(env: gym.Env) -> tuple[int, int]:
     Breadth-first search over ``(x, y, dir, carrying_key, door_state)`` with the moves left,
     right, forward (never into lava, walls or a closed door), pickup (facing the key) and toggle
     (facing the door; a locked door opens only with the key). Handles at most one key and one door.
-    Returns ``(0, STEPS_CAP)`` when the goal is unreachable. Written by hand: MiniGrid ships no planner.
+    Returns ``(0, STEPS_CAP)`` when the goal is unreachable, and so when the agent stands in lava (the episode
+    has ended badly; as in lavakeydoor, whose ``steps_to_goal`` is capped there). Written by hand: MiniGrid
+    ships no planner.
     """
     grid, w, h = env.grid, env.grid.width, env.grid.height
+    if _type(grid.get(*env.agent_pos)) == "lava":  # a search from the lava cell would walk out of it
+        return 0, STEPS_CAP
     key = door = None
     door_state = 0
     goals, blocked = set(), np.zeros((w, h), bool)
