@@ -246,10 +246,10 @@ world's true concept values (``world.concepts()``)."""
 
 def true_step_reward(spec: RewardSpec, schema: ConceptSchema) -> TrueReward:
     """The :data:`TrueReward` of a reward spec: ``spec`` evaluated on the true concepts (evaluation only)."""
-    spec.check(schema)
+    true = spec.true_reward_fn(schema)  # checked and compiled once, not on every step
 
     def reward(concepts: Mapping[str, np.ndarray]) -> np.ndarray:
-        return spec.true_reward(schema, concepts).reward.detach().cpu().numpy().astype(np.float64)
+        return true(concepts).reward.detach().cpu().numpy().astype(np.float64)
 
     return reward
 

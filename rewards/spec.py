@@ -14,7 +14,7 @@ The language is documented in :mod:`rewards.parser` (grammar), :mod:`rewards.che
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -138,11 +138,21 @@ class RewardSpec:
         ``p(x)`` on a true value is its indicator; only the concepts the spec reads must be present. A spec
         that reads no concept (a constant, e.g. ``-0.01``) takes its batch shape from the values given.
         """
+        return self.true_reward_fn(schema, dtype)(values)
+
+    def true_reward_fn(self, schema: ConceptSchema, dtype: torch.dtype = torch.float64
+                       ) -> Callable[[Mapping[str, np.ndarray | Tensor]], RewardOutput]:
+        """:meth:`true_reward` compiled once, for a caller that evaluates it step after step (the closed loop:
+        compiling on every call cost ~0.5 ms per step)."""
         compiled = self.compile(schema)
-        batch_shape = None
-        if not compiled.uses:
-            if not values:
-                raise RewardError("a reward that reads no concept needs at least one true concept value to take "
-                                  "its batch shape from", hint="pass e.g. world.concepts()")
-            batch_shape = tuple(np.shape(next(iter(values.values()))))
-        return compiled(truth_resolver(schema, values), dtype=dtype, batch_shape=batch_shape)
+
+        def reward(values: Mapping[str, np.ndarray | Tensor]) -> RewardOutput:
+            batch_shape = None
+            if not compiled.uses:
+                if not values:
+                    raise RewardError("a reward that reads no concept needs at least one true concept value to take "
+                                      "its batch shape from", hint="pass e.g. world.concepts()")
+                batch_shape = tuple(np.shape(next(iter(values.values()))))
+            return compiled(truth_resolver(schema, values), dtype=dtype, batch_shape=batch_shape)
+
+        return reward
