@@ -73,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     result.update(machine=machine(), quick=a.quick, seconds=round(time.perf_counter() - t0, 2),
                   date=time.strftime("%Y-%m-%dT%H:%M:%S"))
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{a.name}.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    os.replace(tmp, out / f"{a.name}.json")
+    from worlds.atomic import atomic_write_text, json_safe
+
+    # temp file in the same folder, fsync, os.replace, fsync the folder; strict JSON (NaN/inf -> null)
+    atomic_write_text(out / f"{a.name}.json", json.dumps(json_safe(result), indent=2, default=str, allow_nan=False) + "\n")
     ratio = result["ratio"]
     print(f"{a.name}: ours={result['ours']:.4g} peer={result['peer']:.4g} {result['unit']} "
           f"ratio={ratio:.3g} ({'higher' if result['higher_is_better'] else 'lower'} is better) -> {out / (a.name + '.json')}")

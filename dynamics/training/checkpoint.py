@@ -199,13 +199,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-save
             stale.unlink(missing_ok=True)
+        # The file being replaced, as it is on disk -- not the sidecar's claim: after a save killed between
+        # its sidecar and its rename the sidecar names bytes that never landed, and recording that hash as
+        # "previous" would leave the intact file unverifiable if this save is killed at the same point.
         previous: dict[str, Any] = {}
         if path.is_file():
             try:
-                previous = json.loads(sidecar_path(path).read_text())
-            except (OSError, ValueError):
-                previous = {}
-            if not isinstance(previous, dict):  # a damaged sidecar vouches for nothing
+                previous = verify_checkpoint(path)
+            except CheckpointError:  # a damaged file or sidecar vouches for nothing
                 previous = {}
         record = {
             "file": path.name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
@@ -243,12 +244,47 @@ class LastCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
+class BestCheckpoint(ModelCheckpoint):
+    """``best.ckpt``: the weights with the lowest ``val/loss``, written after a validation that beats it.
+
+    On resume the score to beat is the one recorded inside the ``best.ckpt`` on disk (none if there is
+    no valid one), not the resumed checkpoint's record: ``last.ckpt`` is written at the end of its
+    training step, *before* the validation at that step, so its record lags one validation (or holds
+    none), and a resumed run would then overwrite ``best.ckpt`` with worse weights.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike):
+        super().__init__(dirpath=dirpath, filename=BEST_NAME.removesuffix(".ckpt"), monitor="val/loss", mode="min",
+                         save_top_k=1, save_last=False, auto_insert_metric_name=False, enable_version_counter=False,
+                         save_on_train_epoch_end=False)
+
+    @property
+    def state_key(self) -> str:
+        # a plain ModelCheckpoint's key, so checkpoints written before this subclass existed still restore it
+        return "ModelCheckpoint" + super().state_key[len(type(self).__qualname__):]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        path = Path(self.dirpath) / BEST_NAME
+        score = None
+        if path.is_file():
+            try:
+                record = read_checkpoint(path).get("callbacks", {}).get(self.state_key, {})
+                score = record.get("best_model_score") if isinstance(record, dict) else None
+            except CheckpointError as e:
+                warnings.warn(f"{e}; the next validation writes a new {BEST_NAME}", stacklevel=2)
+        if torch.is_tensor(score):
+            self.best_k_models = {str(path): score}
+            self.best_model_path = self.kth_best_model_path = str(path)
+            self.best_model_score = self.kth_value = score
+        else:
+            self.best_k_models, self.best_model_path, self.best_model_score = {}, "", None
+            self.kth_best_model_path, self.kth_value = "", torch.tensor(float("inf"))
+
+
 def checkpoint_callbacks(dirpath: str | os.PathLike, every_n_train_steps: int) -> list[ModelCheckpoint]:
-    """``best.ckpt`` (lowest ``val/loss``, written after validation) and ``last.ckpt`` (see :class:`LastCheckpoint`)."""
-    best = ModelCheckpoint(dirpath=dirpath, filename=BEST_NAME.removesuffix(".ckpt"), monitor="val/loss", mode="min",
-                           save_top_k=1, save_last=False, auto_insert_metric_name=False, enable_version_counter=False,
-                           save_on_train_epoch_end=False)
-    return [best, LastCheckpoint(dirpath, every_n_train_steps)]
+    """``best.ckpt`` (see :class:`BestCheckpoint`) and ``last.ckpt`` (see :class:`LastCheckpoint`)."""
+    return [BestCheckpoint(dirpath), LastCheckpoint(dirpath, every_n_train_steps)]
 
 
 def snapshot_path(dirpath: str | os.PathLike, step: int) -> Path:

@@ -236,90 +236,107 @@ def fit_dynamics(
     run_logger = _make_logger(logger, out, wandb_project, previous.get("wandb_run_id"), run_name)
     run_id = getattr(run_logger, "version", None) if run_logger else None
     was_deterministic = (torch.are_deterministic_algorithms_enabled(),
-                         torch.is_deterministic_algorithms_warn_only_enabled())
-    trainer = _make_trainer(
-        settings,
-        accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes, precision=precision,
-        max_steps=max_steps, max_epochs=-1, val_check_interval=val_every, check_val_every_n_epoch=None,
-        num_sanity_val_steps=1, gradient_clip_val=grad_clip, gradient_clip_algorithm="norm",
-        deterministic=True if accelerator == "cpu" else "warn", benchmark=False,
-        plugins=[AtomicCheckpointIO()], logger=run_logger, log_every_n_steps=min(50, val_every),
-        callbacks=[NonFiniteGuard(check_grads=str(precision) not in ("16-mixed", "16")), RngState(), timer,
-                   *checkpoint_callbacks(ckpt_dir, checkpoint_every),
-                   *([SnapshotCheckpoint(ckpt_dir, list(snapshot_steps))] if snapshot_steps else []), *callbacks],
-        enable_progress_bar=progress_bar, enable_model_summary=progress_bar, default_root_dir=str(out),
-        use_distributed_sampler=False,  # WindowDataModule shards by rank itself
-    )
-    if ckpt_path is not None:
-        _check_data_state(ckpt_path, datamodule, stored_data_state, trainer.world_size)
+                         torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+    try:  # the Trainer's constructor sets the flags, also when it (or a check after it) refuses
+        trainer = _make_trainer(
+            settings,
+            accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes, precision=precision,
+            max_steps=max_steps, max_epochs=-1, val_check_interval=val_every, check_val_every_n_epoch=None,
+            num_sanity_val_steps=1, gradient_clip_val=grad_clip, gradient_clip_algorithm="norm",
+            deterministic=True if accelerator == "cpu" else "warn", benchmark=False,
+            plugins=[AtomicCheckpointIO()], logger=run_logger, log_every_n_steps=min(50, val_every),
+            callbacks=[NonFiniteGuard(check_grads=str(precision) not in ("16-mixed", "16")), RngState(), timer,
+                       _ValidateLastStep(),
+                       *checkpoint_callbacks(ckpt_dir, checkpoint_every),
+                       *([SnapshotCheckpoint(ckpt_dir, list(snapshot_steps))] if snapshot_steps else []), *callbacks],
+            enable_progress_bar=progress_bar, enable_model_summary=progress_bar, default_root_dir=str(out),
+            use_distributed_sampler=False,  # WindowDataModule shards by rank itself
+        )
+        if ckpt_path is not None:
+            _check_data_state(ckpt_path, datamodule, stored_data_state, trainer.world_size)
 
-    # -- every check passed: write ---------------------------------------------------------------------
-    too_long = sorted({int(k) for k in module.open_loop_ks if k >= window})
-    if too_long:
-        warnings.warn(f"window={window} holds no {'/'.join(map(str, too_long))}-step open-loop span: metrics.json "
-                      f"will have no open_loop {too_long}; use window > {max(too_long)} to get them", stacklevel=2)
-    if trainer.is_global_zero:
-        out.mkdir(parents=True, exist_ok=True)
-        if on_ready is not None:
-            on_ready()
-        atomic_write_json(out / "run.json", {
-            "settings": settings, "model": module.meta, "dataset_fingerprint": str(data.fingerprint),
-            "seed": seed, "wandb_run_id": run_id, "resumed_from": None if ckpt_path is None else str(ckpt_path),
-            "code": code_version(), "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                                                  "pytorch_lightning": pl.__version__},
-        })
+        # -- every check passed: write ---------------------------------------------------------------------
+        too_long = sorted({int(k) for k in module.open_loop_ks if k >= window})
+        if too_long:
+            warnings.warn(f"window={window} holds no {'/'.join(map(str, too_long))}-step open-loop span: metrics.json "
+                          f"will have no open_loop {too_long}; use window > {max(too_long)} to get them", stacklevel=2)
+        if trainer.is_global_zero:
+            out.mkdir(parents=True, exist_ok=True)
+            if on_ready is not None:
+                on_ready()
+            atomic_write_json(out / "run.json", {
+                "settings": settings, "model": module.meta, "dataset_fingerprint": str(data.fingerprint),
+                "seed": seed, "wandb_run_id": run_id, "resumed_from": None if ckpt_path is None else str(ckpt_path),
+                "code": code_version(), "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                                                      "pytorch_lightning": pl.__version__},
+            })
 
-    # -- train, then validate the final weights if the last validation was at another step ------------
-    status = 1
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
-            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")  # num_workers=0 is deliberate
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-            try:
-                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-            except SystemExit:
-                # Lightning turns Ctrl-C into SystemExit(1) and leaves SIGINT ignored; give the caller the
-                # KeyboardInterrupt back (the last checkpoint is intact) and restore Ctrl-C.
-                if trainer.interrupted:
-                    signal.signal(signal.SIGINT, signal.default_int_handler)
-                    raise KeyboardInterrupt from None
-                raise
-            if module.last_val_step != trainer.global_step:
-                trainer.validate(module, datamodule=datamodule, verbose=False)
-        status = 0
+        # -- train, then validate the final weights if the last validation was at another step ------------
+        status = 1
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+                warnings.filterwarnings("ignore", message=r".*does not have many workers.*")  # num_workers=0 is deliberate
+                warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+                try:
+                    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+                except SystemExit:
+                    # Lightning turns Ctrl-C into SystemExit(1) and leaves SIGINT ignored; give the caller the
+                    # KeyboardInterrupt back (the last checkpoint is intact) and restore Ctrl-C.
+                    if trainer.interrupted:
+                        signal.signal(signal.SIGINT, signal.default_int_handler)
+                        raise KeyboardInterrupt from None
+                    raise
+                if module.last_val_step != trainer.global_step:
+                    trainer.validate(module, datamodule=datamodule, verbose=False)
+            status = 0
+        finally:
+            if run_logger:
+                import wandb
+
+                wandb.finish(exit_code=status)
+
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        open_loop = {k: metrics[f"val/open_loop_{k}"] for k in module.open_loop_ks if f"val/open_loop_{k}" in metrics}
+        seconds = float(timer.time_elapsed("train"))
+        steps = int(trainer.global_step)
+        transitions = steps * batch_size * window * trainer.world_size
+        result = TrainResult(
+            out_dir=out,
+            best_checkpoint=ckpt_dir / BEST_NAME if (ckpt_dir / BEST_NAME).is_file() else None,
+            last_checkpoint=ckpt_dir / LAST_NAME if (ckpt_dir / LAST_NAME).is_file() else None,
+            val_loss=metrics.get("val/loss", float("nan")), open_loop=open_loop, train_seconds=seconds,
+            transitions_per_s=transitions / seconds if seconds > 0 else float("nan"), steps=steps, wandb_run_id=run_id,
+            snapshots={k: p for k, p in list_snapshots(ckpt_dir).items() if k in set(snapshot_steps)},
+            is_global_zero=bool(trainer.is_global_zero),
+        )
+        if trainer.is_global_zero:
+            record = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+            record = {k: str(v) if isinstance(v, Path) else v for k, v in record.items()}
+            record["open_loop"] = {str(k): v for k, v in open_loop.items()}
+            record["snapshots"] = {"requested": sorted(int(s) for s in snapshot_steps), "steps": sorted(result.snapshots),
+                                   "files": {str(k): p.relative_to(out).as_posix() for k, p in result.snapshots.items()}}
+            record["open_loop_missing"] = {str(k): _missing_reason(k, window, module, metrics)
+                                           for k in module.open_loop_ks if k not in open_loop}
+            record["val_metrics"] = metrics
+            atomic_write_json(out / "metrics.json", json_safe(record))
+        return result
     finally:
         torch.use_deterministic_algorithms(was_deterministic[0], warn_only=was_deterministic[1])
-        if run_logger:
-            import wandb
+        torch.backends.cudnn.benchmark = was_deterministic[2]
 
-            wandb.finish(exit_code=status)
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    open_loop = {k: metrics[f"val/open_loop_{k}"] for k in module.open_loop_ks if f"val/open_loop_{k}" in metrics}
-    seconds = float(timer.time_elapsed("train"))
-    steps = int(trainer.global_step)
-    transitions = steps * batch_size * window * trainer.world_size
-    result = TrainResult(
-        out_dir=out,
-        best_checkpoint=ckpt_dir / BEST_NAME if (ckpt_dir / BEST_NAME).is_file() else None,
-        last_checkpoint=ckpt_dir / LAST_NAME if (ckpt_dir / LAST_NAME).is_file() else None,
-        val_loss=metrics.get("val/loss", float("nan")), open_loop=open_loop, train_seconds=seconds,
-        transitions_per_s=transitions / seconds if seconds > 0 else float("nan"), steps=steps, wandb_run_id=run_id,
-        snapshots={k: p for k, p in list_snapshots(ckpt_dir).items() if k in set(snapshot_steps)},
-        is_global_zero=bool(trainer.is_global_zero),
-    )
-    if trainer.is_global_zero:
-        record = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
-        record = {k: str(v) if isinstance(v, Path) else v for k, v in record.items()}
-        record["open_loop"] = {str(k): v for k, v in open_loop.items()}
-        record["snapshots"] = {"requested": sorted(int(s) for s in snapshot_steps), "steps": sorted(result.snapshots),
-                               "files": {str(k): p.relative_to(out).as_posix() for k, p in result.snapshots.items()}}
-        record["open_loop_missing"] = {str(k): _missing_reason(k, window, module, metrics)
-                                       for k in module.open_loop_ks if k not in open_loop}
-        record["val_metrics"] = metrics
-        atomic_write_json(out / "metrics.json", json_safe(record))
-    return result
+class _ValidateLastStep(pl.Callback):
+    """Validate the final weights inside ``trainer.fit`` when ``max_steps`` is not a multiple of ``val_every``.
+
+    Lightning validates off the ``val_check_interval`` grid only when ``should_stop`` is set (as the Timer
+    does for ``max_time_s``); a ``trainer.validate`` after ``fit`` runs outside fitting, where ``best.ckpt``'s
+    ModelCheckpoint does not save, so the final weights never competed for ``best.ckpt``.
+    """
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
 
 
 def _missing_reason(k: int, window: int, module: DynamicsModule, metrics: Mapping[str, float]) -> str:
