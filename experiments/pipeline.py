@@ -157,7 +157,9 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> RunResult:
         stage("dynamics", dynamics_section(cfg), {"data": stages["data"].fingerprint},
               lambda tmp: train_with_fallback(cfg, data_path, tmp, progress, notes),
               resumable=True, resume=cfg.dynamics.resume)
-        stage("probes", {"probes": to_dict(cfg.probes)},
+        # the imagined fit's horizon defaults to the planner's (experiments/stages/probe.py): in the key too
+        stage("probes", {"probes": to_dict(cfg.probes),
+                         "imagined_horizon": cfg.probes.imagined_horizon or cfg.plan.horizon},
               {"data": stages["data"].fingerprint, "dynamics": stages["dynamics"].fingerprint},
               lambda tmp: run_probe(cfg, data_path, stages["dynamics"].path, tmp, progress=progress))
         stage("planning", {"world": to_dict(cfg.world), "plan": to_dict(cfg.plan)},

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from dynamics.base import DynamicsModel
 from dynamics.cache import collect_sites
 from probes.base import ProbeError
-from worlds.atomic import json_safe, publish_dir
+from worlds.atomic import fsync_dir, json_safe, publish_dir
 from worlds.concepts import ConceptSchema
 from worlds.dataset.reader import TrajectoryDataset
 
@@ -148,6 +148,7 @@ class LatentStore:
                     np.save(tmp / split / "obs.npy", o)
                 split_info[split] = {"rows": n, "episodes": int(np.unique(eps).size)}
             _check_disjoint({s: np.asarray(episodes[s]) for s in sites})
+            fsync_tree(tmp)
             key = dict(key or {"model": "arrays", "dataset": "arrays", "sites": sorted(shapes), "splits": list(sites)})
             manifest = _manifest(key, schema, split_info, shapes, model={"name": "arrays", "sites": shapes}, dataset_path=None)
             write_json(tmp / MANIFEST, manifest)
@@ -285,6 +286,7 @@ def extract_latents(model: DynamicsModel, dataset: TrajectoryDataset, splits: Se
                                     "sites": {k: list(v) for k, v in model.sites.items()}},
                              dataset_path=str(dataset.root))
         manifest["seconds"] = time.perf_counter() - start
+        fsync_tree(tmp)  # the arrays are durable before the manifest that declares the store complete
         write_json(tmp / MANIFEST, manifest)
         publish_dir(tmp, out_dir)
     except BaseException:
@@ -355,6 +357,20 @@ def temp_dir_for(out_dir: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     return tmp
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under ``folder`` (np.save and memmaps only flush to the page cache): a store
+    published after a crash must not hold a fsynced manifest beside arrays that never reached the disk."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for sub in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+        fsync_dir(sub)
 
 
 def write_json(path: Path, obj: Any) -> None:

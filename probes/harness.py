@@ -11,7 +11,7 @@
 3. **selectivity** (split ``"test"``): the validation metric (balanced accuracy / R^2) of the task
    probe minus that of the same method and hyperparameters trained on control labels (one random
    label per observation type; types computed ONCE over the observations of all the store's
-   splits), with a paired episode-bootstrap interval;
+   splits), with a paired episode-bootstrap interval (skipped, listed as ``"selectivity"``, when no test split is scored);
 4. **MDL** (split ``"test"``, only for ``mdl_methods``, linear by default because it is batched):
    online-code compression of (at most ``mdl_max_rows``, default 4000) test rows for the task (``"compression"``) and the control task
    (``"compression_control"``), see :mod:`probes.codelength`; the block probes use the task probe's
@@ -207,7 +207,10 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
             warnings.warn(f"harness: concept {n!r} skipped: {skipped[n]}", stacklevel=2)
         else:
             cs.append(c)
-    ctrl = _control_labels(store, cs, used, seed) if control else {}
+    with_control = control and "test" in eval_splits  # selectivity and the control MDL rows are scored on test only
+    if control and not with_control:
+        skipped["selectivity"] = "no 'test' split scored: selectivity and compression_control are test rows"
+    ctrl = _control_labels(store, cs, used, seed) if with_control else {}
     settings = {"methods": methods, "sites": sites, "concepts": [c.name for c in cs], "splits": eval_splits, "seeds": seeds,
                 "grids": {m: list(grid[m]) for m in methods}, "max_train_rows": max_rows, "n_boot": n_boot, "seed": seed,
                 "baselines": baselines, "baseline_methods": baseline_methods, "control": control, "mdl": mdl,
@@ -226,7 +229,7 @@ def run_harness(store: LatentStore, schema: ConceptSchema, methods: Sequence[str
             xs = {s: store.site(s, site) for s in used}
             for method in methods:
                 bar.set_postfix_str(f"{method} @ {site}")
-                task, control_fits = ctx.fit(method, site, xs, cs, with_control=control)
+                task, control_fits = ctx.fit(method, site, xs, cs, with_control=with_control)
                 fits.update({(method, site, n): f for n, f in task.items()})
                 rows += ctx.score_rows(method, site, task, xs, eval_splits)
                 for n, cf in control_fits.items():

@@ -44,6 +44,7 @@ def probe_by_checkpoint(dynamics_dir: Path, ds, final_store, out: Path, *, sites
     from probes import ProbeError, extract_latents, run_harness
     from probes.ontology import validation_metric
 
+    splits = [s for s in SPLITS if s in ds.splits]  # a small dataset may hold no test (or val) episode
     final = checkpoint_of(dynamics_dir)
     final_step = int(verify_checkpoint(final)["global_step"] or 0)
     points: dict[int, Path | None] = {s: p for s, p in list_snapshots(final.parent).items() if s < final_step}
@@ -62,7 +63,7 @@ def probe_by_checkpoint(dynamics_dir: Path, ds, final_store, out: Path, *, sites
                     skipped[f"by_checkpoint:step={step}"] = str(e)
                     continue
                 with torch.inference_mode():
-                    store = extract_latents(model, ds, SPLITS, sites, scratch / f"step={step}", progress=False)
+                    store = extract_latents(model, ds, splits, sites, scratch / f"step={step}", progress=False)
             try:
                 res = run_harness(store, ds.schema, [METHOD], sites, concepts=concepts, splits=("test",), n_boot=n_boot,
                                   seed=seed, baselines=False, control=False, mdl=False,

@@ -94,6 +94,9 @@ def test_stages_are_cached_and_invalidated(tmp_path, monkeypatch):
     # another probe method reuses the dataset and the model
     probe = run_pipeline(tiny(tmp_path / "d", f"cache_dir={tmp_path / 'cache'}", "probes.methods=[linear]"), progress=False)
     assert probe.stages["data"].reused and probe.stages["dynamics"].reused and not probe.stages["probes"].reused
+    # the planner's horizon is the imagined fit's default horizon: the probe stage is redone, the model reused
+    horizon = run_pipeline(tiny(tmp_path / "e", f"cache_dir={tmp_path / 'cache'}", "plan.horizon=5"), progress=False)
+    assert horizon.stages["dynamics"].reused and not horizon.stages["probes"].reused
     # changed probe code (the probe stage's code fingerprint) redoes the probe stage and those after it, never
     # the dataset or the model; the same config and code again reuses everything
     import experiments.pipeline as pipeline
