@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,7 +51,8 @@ def run_stage(cache: Path, stage: str, section: Any, inputs: dict[str, str],
               build: Callable[[Path], Any], *, resumable: bool = False, resume: bool = False) -> StageResult:
     """Reuse ``cache/stage/<fp>`` if finished, else call ``build(partial_folder)`` and publish it atomically.
 
-    The stage is built in ``cache/stage/.<fp>.partial`` (the run lock keeps other processes out). A
+    The stage is built in ``cache/stage/.<fp>.partial`` under a lock on ``cache/stage/.<fp>.lock`` (another
+    process that asks for the same stage meanwhile waits, then reuses it). A
     failed or interrupted build of a ``resumable`` stage keeps that folder, so that a rerun with
     ``resume=True`` continues from it (training checkpoints); otherwise the half-done stage is redone
     from scratch.
@@ -58,9 +60,40 @@ def run_stage(cache: Path, stage: str, section: Any, inputs: dict[str, str],
     fp = stage_fingerprint(stage, section, inputs)
     final = cache / stage / fp
     if (final / MARKER).is_file():
-        meta = json.loads((final / MARKER).read_text())
-        return StageResult(stage, final, fp, True, float(meta.get("seconds", 0.0)))
+        return _reused(stage, final, fp)
     final.parent.mkdir(parents=True, exist_ok=True)
+    # The run lock covers one run folder, but runs with different out= share the cache (a sweep fanned out over
+    # jobs): without this lock a second run building the same stage deleted the first one's partial folder.
+    with _stage_lock(final.parent / f".{fp}.lock", stage):
+        if (final / MARKER).is_file():  # the other process finished it while this one waited
+            return _reused(stage, final, fp)
+        return _build(stage, final, fp, inputs, section, build, resumable=resumable, resume=resume)
+
+
+def _reused(stage: str, final: Path, fp: str) -> StageResult:
+    meta = json.loads((final / MARKER).read_text())
+    return StageResult(stage, final, fp, True, float(meta.get("seconds", 0.0)))
+
+
+@contextmanager
+def _stage_lock(path: Path, stage: str) -> Iterator[None]:
+    """An exclusive lock on one cached stage (``flock``: released when its process dies); waits for a holder."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"ontolab: another ontolab process is building the {stage} stage in {path.parent}; waiting for it "
+                  "to finish (then it is reused)", file=sys.stderr)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _build(stage: str, final: Path, fp: str, inputs: dict[str, str], section: Any, build: Callable[[Path], Any], *,
+           resumable: bool, resume: bool) -> StageResult:
+    """Build the stage in ``.<fp>.partial`` and publish it as ``final`` (the caller holds the stage lock)."""
     partial = final.parent / f".{fp}.partial"
     if not (resumable and resume):
         shutil.rmtree(partial, ignore_errors=True)

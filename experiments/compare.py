@@ -74,13 +74,11 @@ def chosen_site_rows(rows: Iterable[Mapping[str, Any]], sites: Mapping[str, str]
 
 
 def _fmt(r: Mapping[str, Any] | None) -> str:
-    if not r or r.get("estimate") is None:
-        return "-"
-    lo, hi = r.get("ci_low"), r.get("ci_high")
-    n = f" (n={r['n_seeds']})" if "n_seeds" in r else ""
-    if lo is None or hi is None:
-        return f"{r['estimate']:.3f}{n}"
-    return f"{r['estimate']:.3f} [{lo:.3f}, {hi:.3f}]{n}"
+    """``markdown.ci`` (NaN as missing: a probe folder's rows come from results.csv, NaN kept) and ``(n=..)`` seeds."""
+    from experiments.markdown import ci
+
+    text = ci(dict(r) if r else None)
+    return text + (f" (n={r['n_seeds']})" if text != "-" and "n_seeds" in r else "")
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -34,6 +34,8 @@ import numpy as np  # noqa: E402
 from worlds.atomic import atomic_write_bytes  # noqa: E402
 
 BASELINES = ("prior", "random_model", "observation", "history")
+SITELESS = ("prior", "observation", "history")
+"""Baselines that read no latent site of the model (their rows' site is a placeholder: ``none``, ``history``, ...)."""
 
 
 def base_method(label: str) -> str:
@@ -95,7 +97,7 @@ def _pick(rows: Iterable[Mapping[str, Any]], split: str, sites: Mapping[str, str
             continue
         if sites is None:
             out.setdefault((c, f"{r['method']}@{r['site']}"), dict(r))
-        elif c in sites and (r["site"] == sites[c] or base_method(r["method"]) in ("prior", "observation")):
+        elif c in sites and (r["site"] == sites[c] or base_method(r["method"]) in SITELESS):
             out.setdefault((c, r["method"]), dict(r))
     return out
 
@@ -245,7 +247,8 @@ OPEN_LOOP_SERIES = (("model", "model"), ("copy_last_frame", "copy last frame"),
 
 
 def plot_open_loop(open_loop: Mapping[str, Mapping[str, Any]], path: str | Path, *, title: str | None = None) -> Path:
-    """Lines: open-loop per-cell accuracy vs k, the model against copying the last frame, 95% CI bands; dotted
+    """Lines: open-loop per-cell accuracy (MSE for continuous observations) vs k, the model against copying the last
+    frame, 95% CI bands; dotted
     (symbolic runs whose ``open_loop.json`` has it): the macro recall over cell classes (balanced accuracy).
 
     ``open_loop``: ``{label: open_loop.json dict}`` (one label per run compared); a dict whose
@@ -328,7 +331,7 @@ PLOT_FILES = {"probe_metrics": "probe_metrics.png", "accuracy_vs_selectivity": "
               "by_checkpoint": "by_checkpoint.png"}
 PLOT_TITLES = {"probe_metrics": "Probe score by method per concept", "accuracy_vs_selectivity": "Accuracy vs selectivity",
                "imagination": "Score vs imagination horizon", "planning": "Planning success and violations",
-               "open_loop": "Dynamics: open-loop accuracy vs k", "by_checkpoint": "Where and when: score by site x training step"}
+               "open_loop": "Dynamics: open-loop prediction vs k", "by_checkpoint": "Where and when: score by site x training step"}
 
 
 def write_run_plots(summary: Mapping[str, Any], folder: str | Path, *, label: str | None = None) -> dict[str, Path | str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ def render_report(cfg: Any, summary: dict[str, Any], plots: dict[str, Any] | Non
               _table(["concept", "base rate"], [[k, format_base_rate(v)] for k, v in details.items()]), ""]
     dyn = summary["dynamics"]
     parts += ["## Dynamics", f"Model `{dyn['model']}`: {dyn.get('steps')} steps in {dyn.get('train_seconds') or 0:.0f} s "
-              f"({dyn.get('transitions_per_s') or 0:,.0f} transitions/s), validation loss {dyn['val_loss']:.4g}.", ""]
+              f"({dyn.get('transitions_per_s') or 0:,.0f} transitions/s), validation loss {_num(dyn.get('val_loss'))}.", ""]
     ol = dyn.get("open_loop") or {}
     if "model" in ol:
         ci = _ci
@@ -84,6 +85,11 @@ def render_report(cfg: Any, summary: dict[str, Any], plots: dict[str, Any] | Non
     return "\n".join(parts)
 
 
+def _num(v: Any) -> str:
+    """A number with 4 significant digits; ``n/a`` for a missing one (a NaN loss is null in metrics.json)."""
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
+
+
 def write_report(cfg: Any, summary: dict[str, Any], out: Path) -> Path:
     """``out/report.md`` with the plots written into ``out/plots/`` and embedded by relative links."""
     out = Path(out)
@@ -115,10 +121,11 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     t.add_column("seconds", justify="right")
     d, dyn = summary["data"], summary["dynamics"]
     model = (dyn.get("open_loop") or {}).get("model") or {}
-    ol = ", ".join(f"k={k}: {v['estimate']:.3f}" for k, v in model.items())
+    ol = ", ".join(f"k={k}: {_ci(v).split(' [')[0]}" for k, v in model.items())
     t.add_row("data", f"{d['episodes']} episodes, {d['transitions']} transitions", f"{summary['timings'].get('data', 0):.1f}")
     skipped = (dyn.get("open_loop") or {}).get("skipped")
-    quality = f"open-loop per-cell accuracy {ol}" if ol else f"open-loop evaluation skipped: {skipped or 'no result'}"
+    metric = (dyn.get("open_loop") or {}).get("metric", "accuracy")  # "mse" for continuous observations
+    quality = f"open-loop per-cell {metric} {ol}" if ol else f"open-loop evaluation skipped: {skipped or 'no result'}"
     t.add_row("dynamics", f"{dyn['model']}: {quality}", f"{summary['timings'].get('dynamics', 0):.1f}")
     board = probe_leaderboard(summary)
     if board:
@@ -233,7 +240,9 @@ def probe_section(summary: dict[str, Any]) -> list[str]:
     board = probe_leaderboard(summary)
     if not board:
         return []
-    methods = sorted({r["method"] for r in summary["probes"]})
+    from experiments.plots import BASELINES, base_method
+
+    methods = sorted({r["method"] for r in summary["probes"] if base_method(r["method"]) not in BASELINES})
     history = any(b["history"] for b in board)  # the supervised history baseline (probes.history) when it ran
     table = _table(["concept", "chosen (method, site)", "metric", "test", "ood", "imagined k=5", "selectivity",
                     "prior", "random model", "observation"] + ["history (supervised)"] * history,

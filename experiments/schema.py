@@ -50,6 +50,8 @@ class DataSection:
             raise ConfigError(f"data.shard_steps must be a positive integer, got {self.shard_steps}")
         if not 0.0 <= self.epsilon <= 1.0:
             raise ConfigError(f"data.epsilon must lie in [0, 1], got {self.epsilon}")
+        if not 0.0 <= self.min_base_rate < 0.5:  # worlds.collect refuses it too, but only with a traceback
+            raise ConfigError(f"data.min_base_rate must lie in [0, 0.5), got {self.min_base_rate}; e.g. data.min_base_rate=0.01")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) < 0:
             raise ConfigError(f"data.split_fractions must be three non-negative numbers summing to 1, got {list(self.split_fractions)}")
 
@@ -225,6 +227,9 @@ class PlanSection:
                 raise ConfigError(f"plan.{k} must be a positive integer, got {getattr(self, k)}")
         if not 0.0 < self.discount <= 1.0:
             raise ConfigError(f"plan.discount must lie in (0, 1], got {self.discount}")
+        if not self.cost_limit >= 0.0:  # NaN made every plan infeasible without a word (costs are >= 0; .inf: no limit)
+            raise ConfigError(f"plan.cost_limit must be a number >= 0 (summed constraint cost allowed per plan), got "
+                              f"{self.cost_limit}; e.g. plan.cost_limit=0")
         if self.context is not None and self.context < 1:
             raise ConfigError(f"plan.context must be a positive integer or null, got {self.context}")
         if self.overopt_episodes < 1:
@@ -275,6 +280,10 @@ class WandbSection:
             raise ConfigError(f"wandb.mode must be offline, online or disabled, got {self.mode!r}")
 
 
+SEED_MAX = 2**32 - 1
+"""The largest seed numpy's legacy seeding and ``pytorch_lightning.seed_everything`` accept."""
+
+
 @dataclass(frozen=True)
 class RunConfig:
     seed: int = field(0, help="seed of every random generator")
@@ -292,6 +301,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be a positive integer or null, got {self.threads}")
+        if not 0 <= self.seed <= SEED_MAX:  # numpy and Lightning's seed_everything refuse others, after collecting
+            raise ConfigError(f"seed must be an integer in [0, {SEED_MAX}], got {self.seed}")
+        if not self.out.strip():  # Path("") is the current folder: a run would write into it
+            raise ConfigError("out must name a folder, got an empty value; e.g. out=runs/my_run")
 
     def world_params(self) -> Any:
         """The world's parameters dataclass (already validated when the config was resolved)."""
@@ -313,7 +326,11 @@ def resolve(args: list[str], config_file: str | Path | None = None, base: Mappin
         world = {"name": world}
     if isinstance(world, dict):  # flat world keys are world parameters
         world = dict(world)
-        params = dict(world.pop("params", {}) or {})
+        params = world.pop("params", {}) or {}
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"config key 'world.params' must be a mapping of world parameters, got {params!r}; "
+                              "write them flat, e.g. world.size=11")
+        params = dict(params)
         params.update({k: v for k, v in world.items() if k != "name"})
         data["world"] = {"name": world.get("name", WorldSection.name), "params": params}
     cfg = build(RunConfig, data)

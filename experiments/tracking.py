@@ -105,7 +105,7 @@ def _tables(summary: Mapping[str, Any]) -> dict[str, tuple[list[str], list[list[
     probe_cols = ["method", "site", "concept", "split", "metric", "estimate", "ci_low", "ci_high"]
     tables = {"probes/results": (probe_cols, [[r.get(k) for k in probe_cols] for r in summary.get("probes") or []])}
     board_cols = ["concept", "method", "site", "metric"]
-    parts = ["test", "ood", "imagined_k5", "selectivity", "prior", "random_model", "observation"]
+    parts = ["test", "ood", "imagined_k5", "selectivity", "prior", "random_model", "observation", "history"]  # report.md's
     board = []
     for b in probe_leaderboard(dict(summary)):
         row = [b[k] for k in board_cols]
@@ -115,7 +115,7 @@ def _tables(summary: Mapping[str, Any]) -> dict[str, tuple[list[str], list[list[
         board.append(row)
     tables["probes/leaderboard"] = (board_cols + [f"{p}_{s}" for p in parts for s in ("estimate", "ci_low", "ci_high")], board)
     keys = ["planner", "model", "reward", "probe_method", "episodes"]
-    rates = ["success_rate", "violation_rate", "mean_true_return", "mean_steps", "ms_per_step"]
+    rates = ["success_rate", "violation_rate", "mean_true_return", "mean_steps", "ms_per_step", "veto_rate"]
     plan = [[r.get(k) for k in keys] + [(r.get(m) or {}).get(s) for m in rates for s in ("estimate", "ci_low", "ci_high")]
             for r in summary.get("planning") or []]
     tables["planning/rows"] = (keys + [f"{m}_{s}" for m in rates for s in ("estimate", "ci_low", "ci_high")], plan)

@@ -340,9 +340,19 @@ def cmd_verify(args: list[str]) -> int:
     from experiments.stages.verify import run_verify
 
     cfg, data, ckpt, onto, out = verify_inputs(args)
+    from worlds.dataset import DatasetError, TrajectoryDataset
+
+    try:  # read before anything is written; the module docstring promises inputs.json beside every command's outputs
+        fingerprint = TrajectoryDataset.open(data, verify=False).fingerprint
+    except DatasetError as e:
+        raise ConfigError(f"data={data}: {e}") from None
+    inputs = {"data": str(data.resolve()), "dataset_fingerprint": fingerprint, "checkpoint": str(ckpt.resolve()),
+              "checkpoint_sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(), "ontology": str(onto.resolve()),
+              "ontology_sha256": hashlib.sha256((onto / "ontology.json").read_bytes()).hexdigest()}
     pin_threads(cfg)
     out.mkdir(parents=True, exist_ok=True)
     write_config(cfg, out / "config.yaml")
+    write_json(inputs, out / "inputs.json")
     result = run_verify(cfg, data, ckpt, onto, out)
     for r in result["rows"]:
         emp = "n/a" if r["empirical"] is None else f"{r['empirical']:.3f}"

@@ -119,7 +119,8 @@ def test_train_data_may_name_a_runs_data_stage_folder(tmp_path, monkeypatch):
     from experiments.cli import cmd_train
 
     seen = []
-    monkeypatch.setattr(train_stage, "run_train", lambda cfg, data, out: seen.append(data) or types.SimpleNamespace(val_loss=0.0))
+    monkeypatch.setattr(train_stage, "run_train", lambda cfg, data, out: seen.append(data)
+                        or types.SimpleNamespace(val_loss=0.0, is_global_zero=True))  # rank 0 prints
     stage = tmp_path / "stage"
     (stage / "dataset").mkdir(parents=True)
     (stage / "dataset" / "manifest.json").write_text("{}")

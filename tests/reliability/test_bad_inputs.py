@@ -118,6 +118,12 @@ CASES = [
     C("zero_discount",           "run plan.discount=0 out={out}",                  "plan.discount must lie in (0, 1]"),
     C("epsilon_above_one",       "collect data.epsilon=2 out={out}",               "data.epsilon must lie in [0, 1]"),
     C("split_fractions_sum",     "collect data.split_fractions=[0.5,0.2] out={out}", "data.split_fractions must be three"),
+    C("world_params_not_mapping", "collect world.params=5 out={out}",             "'world.params' must be a mapping"),
+    C("negative_seed",           "collect seed=-1 out={out}",                      "seed must be an integer in [0, 4294967295]"),
+    C("seed_too_large",          "run seed=4294967296 out={out}",                  "seed must be an integer in [0, 4294967295]"),
+    C("nan_min_base_rate",       "collect data.min_base_rate=.nan out={out}",      "data.min_base_rate must lie in [0, 0.5)"),
+    C("nan_cost_limit",          "run plan.cost_limit=.nan out={out}",             "plan.cost_limit must be a number >= 0"),
+    C("empty_out",               "collect episodes=2 out=",                        "out must name a folder"),
     # -- output paths ---------------------------------------------------------------------------------------
     C("collect_out_is_a_file",   "collect episodes=2 out={file}",                  "is a file; give a folder"),
     C("train_out_is_a_file",     "train data={data} out={file}",                   "is a file; give a folder"),
