@@ -166,7 +166,9 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> RunResult:
               {"dynamics": stages["dynamics"].fingerprint, "probes": stages["probes"].fingerprint},
               lambda tmp: run_plan(cfg, stages["dynamics"].path, stages["probes"].path, tmp, progress=progress))
         # verify reads the planner's settings (its policy is the planner), so plan is in its key
-        stage("verify", {"world": to_dict(cfg.world), "verify": to_dict(cfg.verify), "plan": to_dict(cfg.plan)},
+        # with the world's default recipe filled in (verify_config.VERIFY_DEFAULTS is config, not walked by the code key)
+        stage("verify", {"world": to_dict(cfg.world), "verify": to_dict(cfg.verify.for_world(cfg.world.name)),
+                         "plan": to_dict(cfg.plan)},
               {"data": stages["data"].fingerprint, "dynamics": stages["dynamics"].fingerprint,
                "probes": stages["probes"].fingerprint},
               lambda tmp: run_verify(cfg, data_path, stages["dynamics"].path, stages["probes"].path, tmp,

@@ -97,3 +97,39 @@ def test_the_real_stages_keys_follow_the_layering():
     # the training code (Lightning module, checkpoints) is in the dynamics stage's key
     assert "dynamics.training.fit" in import_closure(STAGE_MODULES["dynamics"])
     assert len({code_fingerprint(m) for m in STAGE_MODULES.values()}) == len(STAGE_MODULES)
+
+
+def test_stage_keys_hold_what_the_stages_read(tmp_path, monkeypatch):
+    """The probe stage's key has the imagined fit's horizon (plan.horizon by default); the verify stage's key has
+    the world's default recipe filled in (VERIFY_DEFAULTS is config, which the code key does not walk)."""
+    import experiments.pipeline as pipeline
+    from experiments.cache import StageResult
+    from experiments.config import to_dict
+    from experiments.schema import resolve
+
+    class Stop(Exception):
+        pass
+
+    def keys(*overrides: str) -> dict:
+        seen = {}
+
+        def fake(cache, name, section, inputs, build, **kw):
+            seen[name] = section
+            if name == "verify":
+                raise Stop
+            return StageResult(name, tmp_path / name, f"{name}-fp", True, 0.0)
+
+        monkeypatch.setattr(pipeline, "run_stage", fake)
+        monkeypatch.setattr(pipeline, "_link", lambda *a: None)
+        cfg = resolve([f"out={tmp_path / 'run' / '_'.join(overrides)}", "wandb.mode=disabled", *overrides])
+        with pytest.raises(Stop):
+            pipeline.run_pipeline(cfg, progress=False)
+        return seen, cfg
+
+    seen, cfg = keys()
+    assert seen["probes"]["imagined_horizon"] == cfg.plan.horizon
+    assert seen["verify"]["verify"] == to_dict(cfg.verify.for_world(cfg.world.name)) != to_dict(cfg.verify)
+    other, _ = keys("plan.horizon=5")
+    assert other["probes"]["imagined_horizon"] == 5 and other["dynamics"] == seen["dynamics"]
+    fixed, _ = keys("plan.horizon=5", "probes.imagined_horizon=7")
+    assert fixed["probes"]["imagined_horizon"] == 7
