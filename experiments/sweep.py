@@ -50,7 +50,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-from experiments.config import ConfigError
+from experiments.config import ConfigError, read_yaml
 from experiments.provenance import atomic_write_text, write_json
 from experiments.schema import ALIASES, CONFIG_DIR, RunConfig, resolve
 from experiments.sweep_aggregate import (  # noqa: F401  (OPEN_LOOP_SERIES, seed_interval re-exported)
@@ -138,7 +138,7 @@ def parse_sweep_args(args: Sequence[str]) -> SweepSpec:
         if not sep or not key:
             raise ConfigError(f"override {arg!r} must look like key=value (e.g. seeds=[0,1,2])")
         key = ALIASES.get(key, key)
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = read_yaml(raw) if raw.strip() else ""  # as `ontolab run` reads key=value
         if key in SEED_KEYS:
             values = value if isinstance(value, list) else [value]
             if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
@@ -171,6 +171,16 @@ def _is_listy(arg: str) -> bool:
     return raw.strip().startswith("[") or ALIASES.get(key, key) in (*SEED_KEYS, "out", "cache_dir")
 
 
+def _yaml_value(value: Any) -> str:
+    """``value`` as override text that ``ontolab run`` (:func:`experiments.config.read_yaml`) and plain
+    ``yaml.safe_load`` both read back as ``value``: JSON where they do, else YAML (``json.dumps(1e-05)`` is
+    ``1e-05``, which YAML 1.1 reads as the string ``'1e-05'``; YAML writes ``1.0e-05``)."""
+    text = json.dumps(value)
+    if yaml.safe_load(text) == value == read_yaml(text):
+        return text
+    return yaml.safe_dump(value, default_flow_style=True, width=float("inf")).removesuffix("\n...\n").rstrip("\n")
+
+
 def _short(value: Any) -> str:
     text = "+".join(map(str, value)) if isinstance(value, list) else str(value)
     return re.sub(r"[^A-Za-z0-9.+-]", "", text)[:40] or "x"
@@ -187,7 +197,7 @@ def expand_grid(spec: SweepSpec) -> list[GridPoint]:
         groups = [f"g{i:03d}_{g}" for i, g in enumerate(groups)]
     points = []
     for combo, group in zip(combos, groups):
-        fixed = [f"{k}={json.dumps(v)}" for k, v in zip(keys, combo)]
+        fixed = [f"{k}={_yaml_value(v)}" for k, v in zip(keys, combo)]
         for seed in spec.seeds or (None,):
             name = group if seed is None else f"{group}_seed-{seed}"
             over = [*spec.overrides, *fixed, *([] if seed is None else [f"seed={seed}"]),
@@ -225,7 +235,8 @@ def write_sweep(out: Path, spec: SweepSpec, points: Sequence[GridPoint], agg: Ma
         "interval": f"mean over seeds with a 95% {T_OVER_SEEDS}; with one seed, {ONE_SEED}",
         "groups": [{"name": g, "params": dict(ps[0].params),
                     "runs": [{"seed": p.seed, "dir": p.name, "command": "ontolab run " + " ".join(
-                        ([spec.config_file] if spec.config_file else []) + [_quote(o) for o in p.overrides])} for p in ps]}
+                        ([_quote(spec.config_file)] if spec.config_file else []) + [_quote(o) for o in p.overrides])}
+                             for p in ps]}
                    for g, ps in by_group.items()],
         **agg,
     }
@@ -274,7 +285,8 @@ def write_sweep(out: Path, spec: SweepSpec, points: Sequence[GridPoint], agg: Ma
 
 
 def _quote(arg: str) -> str:
-    return arg if re.fullmatch(r"[A-Za-z0-9_.,/=+:\[\]-]+", arg) else "'" + arg.replace("'", "'\\''") + "'"
+    # ``[`` and ``]`` are shell glob characters (zsh refuses an unmatched ``a=[x,y]``): such args are quoted
+    return arg if re.fullmatch(r"[A-Za-z0-9_.,/=+:-]+", arg) else "'" + arg.replace("'", "'\\''") + "'"
 
 
 @dataclass(frozen=True)
