@@ -13,6 +13,7 @@ subset we need -- nested dataclasses, scalars, lists and free-form parameter dic
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -43,13 +44,35 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
+class ConfigSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that reads ``1e-5``, ``1e5`` and ``.5`` as floats (YAML 1.2, JSON and Python do; PyYAML's
+    YAML 1.1 resolver wants a dot and a signed exponent and read ``dynamics.hparams.min_std=1e-3`` as the string
+    '1e-3', which the model config then refused)."""
+
+
+ConfigSafeLoader.add_implicit_resolver(  # the YAML 1.2 core-schema float, plus PyYAML's .inf / .nan spellings
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """``text`` parsed with :class:`ConfigSafeLoader` (safe: no Python objects are built)."""
+    return yaml.load(text, Loader=ConfigSafeLoader)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping with the safe loader; a missing or malformed file is a ConfigError."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist; give an existing YAML file")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = read_yaml(p.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -73,7 +96,7 @@ def parse_overrides(args: list[str], aliases: Mapping[str, str] | None = None) -
             raise ConfigError(f"override {arg!r} must look like key=value (e.g. data.episodes=100)")
         key = (aliases or {}).get(key, key)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = read_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         node = out

@@ -91,3 +91,19 @@ def test_resolve_refuses(args, needle):
     with pytest.raises(ConfigError) as e:
         resolve(args)
     assert needle in str(e.value)
+
+
+def test_exponent_floats_are_numbers_on_the_command_line_and_in_files(tmp_path):
+    """`1e-3`, `1e5` and `.5` are floats (YAML 1.2, JSON, Python); PyYAML's YAML 1.1 resolver read `1e-3` as a
+    string, so `dynamics.hparams.min_std=1e-3` was refused as 'not a finite number'."""
+    from experiments.config import load_yaml, parse_overrides
+    from experiments.schema import resolve
+
+    got = parse_overrides(["a=1e-3", "b=1E5", "c=.5", "d=-2.5e-1", "e=[1e-5, 2]", "f=3", "g=1e-3x", "h=true"])
+    assert got == {"a": 0.001, "b": 100000.0, "c": 0.5, "d": -0.25, "e": [1e-05, 2], "f": 3, "g": "1e-3x", "h": True}
+    assert type(got["f"]) is int
+    path = tmp_path / "c.yaml"
+    path.write_text("dynamics:\n  lr: 3e-4\n  hparams:\n    min_std: 1e-2\n")
+    assert load_yaml(path) == {"dynamics": {"lr": 0.0003, "hparams": {"min_std": 0.01}}}
+    cfg = resolve(["dynamics.hparams.min_std=1e-3", "dynamics.lr=2e-3"], str(path))
+    assert cfg.dynamics.hparams["min_std"] == 0.001 and cfg.dynamics.lr == 0.002
