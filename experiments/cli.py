@@ -5,7 +5,7 @@
     ontolab train [CONFIG] [key=value ...]           train a dynamics model on a dataset
     ontolab probe [CONFIG] data=PATH checkpoint=PATH out=PATH   fit and score probes (the probe stage alone)
     ontolab plan [CONFIG] run=RUN_DIR                 plan in the real world (the planning stage alone)
-    ontolab verify [CONFIG] run=RUN_DIR               model-check the planner with Storm (the verify stage alone)
+    ontolab verify [CONFIG] run=RUN_DIR [out=DIR]     model-check the planner with Storm (the verify stage alone)
     ontolab run [CONFIG] [key=value ...]             the whole pipeline into one run folder
     ontolab quickstart [key=value ...]               ``run`` with the default config
     ontolab sweep [CONFIG] seeds=[0,1] key=[a,b] ... a grid of runs, aggregated over seeds
@@ -159,7 +159,7 @@ COMMANDS = {
     "plan": (_stage_command("experiments.stages.commands", "cmd_plan"),
              "plan in the real world: ontolab plan run=RUN_DIR, or checkpoint=PATH ontology=PATH out=PATH"),
     "verify": (_stage_command("experiments.stages.commands", "cmd_verify"),
-               "model-check the learned model + probes with Storm: ontolab verify run=RUN_DIR"),
+               "model-check the learned model + probes with Storm: ontolab verify run=RUN_DIR [out=DIR] (out= is needed when the run has its own verify stage)"),
     "run": (cmd_run, "the whole pipeline into one run folder: ontolab run [CONFIG] [key=value ...]"),
     "quickstart": (cmd_quickstart, "`run` with the default config at a ~5 minute budget"),
     "sweep": (cmd_sweep, "a grid of runs aggregated over seeds: ontolab sweep [CONFIG] seeds=[0,1,2] dynamics.lr=[0.001,0.003] "

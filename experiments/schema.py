@@ -210,9 +210,10 @@ class PlanSection:
     shield_threshold: float = field(0.05, help="veto a first action whose imagined violation probability exceeds this")
     shield_samples: int = field(16, help="sampled imaginations (model's stochastic latents) per shield rollout; 1: the mode only")
     shield_continuations: int = field(1, help="action tails imagined after each candidate first action (1: the planner's own "
-                                              "tail; more add random ones) and risk is that of the safest tail -- a minimum "
-                                              "over noisy per-tail estimates, biased low: with 32 tails x 4 samples the "
-                                              "quickstart shield never vetoed")
+                                              "tail; more add random ones) and risk is that of the safest tail, with several tails "
+                                              "re-estimated on fresh model samples (the minimum over the noisy per-tail "
+                                              "estimates is biased low: with 32 tails x 4 samples the quickstart shield had "
+                                              "never vetoed)")
     shield_horizon: int | None = field(None, help="imagined steps of the shield's rollouts (null: plan.horizon)")
 
     def __post_init__(self) -> None:

@@ -33,7 +33,10 @@ def run_train(cfg: RunConfig, data_path: Path, out: Path, *, progress: bool = Tr
     d = cfg.dynamics
     if d.resume:  # a corrupt checkpoint or one of another model is refused before anything is written
         check_resumable(out / "checkpoints", model)
-    logger = "none" if cfg.wandb.mode == "disabled" else f"wandb-{cfg.wandb.mode}"
+    from experiments.tracking import effective_mode
+
+    mode = effective_mode(cfg.wandb.mode)  # WANDB_MODE=disabled turns training's logging off too, whatever the config
+    logger = "none" if mode == "disabled" else f"wandb-{mode}"
     # config.yaml is written (atomically) only once fit_dynamics has run every check: a refused train into a
     # finished run folder leaves its config.yaml and run.json as they were
     result = fit_dynamics(

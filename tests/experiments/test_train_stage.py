@@ -76,3 +76,20 @@ def test_recall_by_cell_class_is_reported_with_the_worlds_cell_names(dataset, tm
     # the macro recall is the mean of the per-class recalls
     assert result["copy_balanced"]["1"]["estimate"] == pytest.approx(
         sum(e["estimate"] for e in result["copy_class_recall"]["1"].values()) / len(result["copy_class_recall"]["1"]))
+
+
+def test_wandb_mode_disabled_in_the_environment_turns_training_logging_off(dataset, tmp_path, monkeypatch):
+    """WANDB_MODE=disabled wins over wandb.mode=offline for the training logger too (as for the run's own wandb
+    run, experiments.tracking.effective_mode): no wandb folder is written."""
+    from experiments.schema import resolve
+    from experiments.stages.train import run_train
+
+    path, _ = dataset
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cfg = resolve([f"out={tmp_path / 'train'}", "wandb.mode=offline", "dynamics.max_steps=2", "dynamics.val_every=2",
+                   "dynamics.batch_size=2", "dynamics.window=8", "dynamics.hparams.deter=16", "dynamics.hparams.hidden=16",
+                   "dynamics.hparams.embed=16", "dynamics.hparams.stoch=4", "dynamics.snapshots=[]"])
+    result = run_train(cfg, path, tmp_path / "train", progress=False)
+    assert result.steps == 2 and (tmp_path / "train" / "metrics.json").is_file()
+    assert not (tmp_path / "train" / "wandb").exists()
+    assert json.loads((tmp_path / "train" / "run.json").read_text())["wandb_run_id"] is None
