@@ -4,9 +4,9 @@
 Probes and planners never need this package: :func:`load_model` gives back the plain model.
 """
 
-from dynamics.training.checkpoint import (AtomicCheckpointIO, CheckpointError, RngState, SnapshotCheckpoint,
-                                          find_resume_checkpoint, list_snapshots, load_model, read_checkpoint,
-                                          snapshot_path, verify_checkpoint)
+from dynamics.training.callbacks import RngState, SnapshotCheckpoint, list_snapshots, snapshot_path
+from dynamics.training.checkpoint import (AtomicCheckpointIO, CheckpointError, find_resume_checkpoint, load_model,
+                                          read_checkpoint, verify_checkpoint)
 from dynamics.training.data import InMemoryWindowSource, WindowDataModule, WindowSource
 from dynamics.training.fit import TrainResult, fit_dynamics
 from dynamics.training.guards import NonFiniteError, NonFiniteGuard

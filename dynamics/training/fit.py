@@ -13,7 +13,7 @@ Reproducibility: ``seed_everything(seed, workers=True)`` and deterministic algor
 ``warn_only`` elsewhere; the previous global setting is restored afterwards). With ``resume=True`` a
 killed run continues from its newest valid checkpoint and ends with bitwise the same weights as an
 uninterrupted one on the same hardware (data order from :mod:`dynamics.training.data`, RNG states
-from :class:`~dynamics.training.checkpoint.RngState`, validation on its own RNG stream).
+from :class:`~dynamics.training.callbacks.RngState`, validation on its own RNG stream).
 """
 
 from __future__ import annotations
@@ -37,10 +37,9 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Timer
 
 from dynamics.base import DynamicsModel
-from dynamics.training.checkpoint import (BEST_NAME, LAST_NAME, AtomicCheckpointIO, CheckpointError, RngState,
-                                          SnapshotCheckpoint, atomic_write_json, check_weights_fit,
-                                          checkpoint_callbacks, find_resume_checkpoint, list_snapshots,
-                                          read_checkpoint)
+from dynamics.training.callbacks import RngState, SnapshotCheckpoint, checkpoint_callbacks, list_snapshots
+from dynamics.training.checkpoint import (BEST_NAME, LAST_NAME, AtomicCheckpointIO, CheckpointError, atomic_write_json,
+                                          check_weights_fit, find_resume_checkpoint, read_checkpoint)
 from dynamics.training.data import WindowDataModule, WindowSource
 from dynamics.training.guards import NonFiniteGuard
 from dynamics.training.module import DynamicsModule

@@ -39,7 +39,8 @@ def probe_by_checkpoint(dynamics_dir: Path, ds, final_store, out: Path, *, sites
     ``skipped`` keyed ``by_checkpoint:step=<N>[:<what>]`` with the reason."""
     import torch
 
-    from dynamics.training.checkpoint import CheckpointError, list_snapshots, load_model, verify_checkpoint
+    from dynamics.training.callbacks import list_snapshots
+    from dynamics.training.checkpoint import CheckpointError, load_model, verify_checkpoint
     from experiments.stages.inputs import checkpoint_of
     from probes import ProbeError, extract_latents, run_harness
     from probes.ontology import validation_metric

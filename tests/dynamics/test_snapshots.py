@@ -11,8 +11,8 @@ import torch
 
 from dynamics.base import ActionSpec, ObsSpec
 from dynamics.training import fit_dynamics
-from dynamics.training.checkpoint import (META_KEY, find_resume_checkpoint, list_snapshots, load_model,
-                                          read_checkpoint, snapshot_path)
+from dynamics.training.callbacks import list_snapshots, snapshot_path
+from dynamics.training.checkpoint import META_KEY, find_resume_checkpoint, load_model, read_checkpoint
 from worlds.errors import OntolabError
 
 STEPS, SNAPS = 12, (0, 3, 7)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from dynamics import build_model
-from dynamics.training.checkpoint import META_KEY, AtomicCheckpointIO, load_model, model_meta, snapshot_path
+from dynamics.training.callbacks import snapshot_path
+from dynamics.training.checkpoint import META_KEY, AtomicCheckpointIO, load_model, model_meta
 from experiments.compare import compare_runs
 from experiments.config import ConfigError
 from experiments.plots import NothingToPlot, plot_by_checkpoint

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from dynamics import build_model
-from dynamics.training.checkpoint import META_KEY, AtomicCheckpointIO, model_meta, snapshot_path
+from dynamics.training.callbacks import snapshot_path
+from dynamics.training.checkpoint import META_KEY, AtomicCheckpointIO, model_meta
 from experiments.schema import resolve
 from experiments.stages.by_checkpoint import read_by_checkpoint_csv
 from experiments.stages.probe import run_probe

@@ -19,7 +19,8 @@ import pytorch_lightning as pl
 import torch
 
 from dynamics.training import fit_dynamics
-from dynamics.training.checkpoint import RngState, read_checkpoint
+from dynamics.training.callbacks import RngState
+from dynamics.training.checkpoint import read_checkpoint
 from dynamics.training.data import InfiniteBatchSampler, SplitStream, TrainWindows
 
 STEPS = 40
