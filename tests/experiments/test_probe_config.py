@@ -34,7 +34,8 @@ MLP_GRID = "probes.grids={mlp: [{hidden: [64]}, {hidden: [256, 256]}]}"
 def test_grids_default_to_null_and_take_per_method_lists_of_points(tmp_path):
     assert probes().grids is None
     assert probes(MLP_GRID).grids == {"mlp": [{"hidden": [64]}, {"hidden": [256, 256]}]}
-    assert probes("probes.grids.linear=[{l2: 1e-3}, {l2: 1}]").grids == {"linear": [{"l2": "1e-3"}, {"l2": 1}]}
+    # 1e-3 is a float on the command line (experiments.config.ConfigSafeLoader; YAML 1.1 read it as a string)
+    assert probes("probes.grids.linear=[{l2: 1e-3}, {l2: 1}]").grids == {"linear": [{"l2": 0.001}, {"l2": 1}]}
     from experiments.schema import resolve
 
     cfg = tmp_path / "grids.yaml"
