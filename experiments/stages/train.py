@@ -83,40 +83,34 @@ def check_resumable(ckpt_dir: Path, model) -> None:
                               "resume with the same dynamics settings or choose another out=")
 
 
-def _view_positions(ds: TrajectoryDataset) -> tuple[str, str] | None:
-    """The world's (row, column) view-centre concepts when its grid view is translated, not rotated."""
-    from worlds.registry import get_world
-
-    try:
-        concepts = get_world(ds.world_name).cls.view_position_concepts
-    except ValueError:  # a dataset of a world this install does not register: no seen/unseen split
-        return None
-    return concepts if concepts and ds.obs_spec.get("obs_kind") == "symbolic" else None
-
-
-def _cell_names(ds: TrajectoryDataset) -> tuple[str, ...] | None:
-    """The world's names of the symbolic observation's channels (for recall by class), when it declares one per channel."""
+def _symbolic_world(ds: TrajectoryDataset) -> type | None:
+    """The dataset's world class when its observations are symbolic grids; None otherwise, or for a dataset of a
+    world this install does not register (no seen/unseen split, recall keyed by channel index, no hidden tests)."""
     from worlds.registry import get_world
 
     if ds.obs_spec.get("obs_kind") != "symbolic":
         return None
     try:
-        names = get_world(ds.world_name).cls.cell_names
-    except ValueError:  # a dataset of a world this install does not register: recall keyed by channel index
+        return get_world(ds.world_name).cls
+    except ValueError:
         return None
+
+
+def _view_positions(ds: TrajectoryDataset) -> tuple[str, str] | None:
+    """The world's (row, column) view-centre concepts when its grid view is translated, not rotated."""
+    world = _symbolic_world(ds)
+    return (world.view_position_concepts or None) if world else None
+
+
+def _cell_names(ds: TrajectoryDataset) -> tuple[str, ...] | None:
+    """The world's names of the symbolic observation's channels (for recall by class), when it declares one per channel."""
+    names = getattr(_symbolic_world(ds), "cell_names", None)
     return tuple(names) if names and len(names) == int(ds.obs_spec["shape"][0]) else None
 
 
 def _hidden_concept_tests(ds: TrajectoryDataset) -> tuple:
     """The world's hidden-concept tests (:mod:`worlds.hidden`) when its observations are symbolic."""
-    from worlds.registry import get_world
-
-    if ds.obs_spec.get("obs_kind") != "symbolic":
-        return ()
-    try:
-        return tuple(get_world(ds.world_name).cls.hidden_concept_tests)
-    except ValueError:  # a dataset of a world this install does not register
-        return ()
+    return tuple(getattr(_symbolic_world(ds), "hidden_concept_tests", ()))
 
 
 def evaluate_stage(model, data_path: Path, out: Path, *, split: str = "test", context: int = 10,
